@@ -1,0 +1,1 @@
+"""The only package that imports napari or Qt: reader, writer, sample data, widgets."""

@@ -1,0 +1,32 @@
+"""npe2 writer: an image layer saved as a pyramidal OME-TIFF or OME-Zarr."""
+
+import numpy as np
+
+from ..errors import ParameterError
+from ..slide import write_pyramid
+
+
+def write_image(path: str, data, meta: dict) -> list[str]:
+    """Write level 0 of an RGB image layer; lower levels are rebuilt by `write_pyramid`."""
+    level0 = data[0] if isinstance(data, list | tuple) else data
+    if not meta.get("rgb", level0.ndim == 3 and level0.shape[-1] in (3, 4)):
+        raise ParameterError(f"{path}: only RGB image layers can be saved as slides")
+    if level0.shape[-1] == 4:
+        level0 = level0[..., :3]
+    if level0.dtype != np.uint8:
+        raise ParameterError(f"{path}: layer dtype {level0.dtype} is not uint8 RGB")
+    write_pyramid(level0, path, mpp=_layer_mpp(meta))
+    return [path]
+
+
+def _layer_mpp(meta: dict) -> float | None:
+    """µm/px from the layer's scale, trusted only when its units are microns."""
+    scale = meta.get("scale")
+    units = meta.get("units")
+    if scale is None or units is None:
+        return (meta.get("metadata") or {}).get("mpp")
+    unit = str(units[-1])
+    if unit not in ("micrometer", "um", "µm", "micron"):
+        return None
+    sy, sx = float(scale[-2]), float(scale[-1])
+    return sx if abs(sy - sx) <= 1e-9 * max(sx, 1.0) else None
