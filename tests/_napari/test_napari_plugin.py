@@ -1,0 +1,80 @@
+"""The npe2 contributions in a real napari viewer: reader, writer and sample data."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_stainfuser.errors import SlideReadError
+
+DATA = Path(__file__).parents[1] / "data"
+CMU = DATA / "CMU-1-Small-Region.svs"
+
+
+def test_reader_opens_cmu_as_multiscale_layer_in_um(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(CMU), plugin="napari-stainfuser")
+    assert len(layers) == 1
+    layer = layers[0]
+    assert layer.name == "CMU-1-Small-Region"
+    assert layer.rgb
+    np.testing.assert_allclose(layer.scale, [0.499, 0.499])
+    assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
+    data = layer.data[0] if layer.multiscale else layer.data
+    assert data.shape == (2220, 2967, 3)
+    # The pixels napari shows are the file's pixels.
+    with tifffile.TiffFile(CMU) as tif:
+        expected = tif.pages[0].asarray()[1000:1100, 2000:2100]
+    np.testing.assert_array_equal(np.asarray(data[1000:1100, 2000:2100]), expected)
+    assert layer.multiscale
+    assert len(layer.data) >= 2
+
+
+def test_reader_declines_unrelated_files(tmp_path):
+    from napari_stainfuser._napari.reader import get_reader
+
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+    assert get_reader([str(CMU), str(CMU)]) is None
+    assert callable(get_reader(str(CMU)))
+
+
+def test_reader_reports_corrupt_file_as_slide_read_error(tmp_path):
+    from napari_stainfuser._napari.reader import get_reader
+
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(CMU.read_bytes()[: CMU.stat().st_size // 2])
+    with pytest.raises(SlideReadError, match="broken.svs"):
+        get_reader(str(bad))(str(bad))
+
+
+@pytest.mark.parametrize("suffix", [".ome.tif", ".ome.zarr"])
+def test_writer_saves_layer_as_pyramid(make_napari_viewer, tmp_path, suffix):
+    from napari_stainfuser.slide import open_slide
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, size=(1500, 1300, 3), dtype=np.uint8)
+    viewer.add_image(img, rgb=True, name="noise", scale=(0.25, 0.25), units=("um", "um"))
+    out = tmp_path / f"noise{suffix}"
+    viewer.layers.save(str(out), selected=False, plugin="napari-stainfuser")
+    assert out.exists()
+    slide = open_slide(out)
+    assert slide.mpp == pytest.approx(0.25)
+    assert len(slide.levels) == 2
+    if suffix == ".ome.zarr":  # lossless by default
+        np.testing.assert_array_equal(slide.levels[0].compute(), img)
+
+
+def test_sample_data_is_lazy_multiscale_synthetic_slide(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("napari-stainfuser", "synthetic_he")
+    layer = layers[0]
+    assert layer.multiscale
+    h, w = layer.data[0].shape[:2]
+    assert min(h, w) >= 20000
+    assert layer.data[0].dtype == np.uint8
+    # Lazy: a dask array, and the smallest level renders quickly.
+    assert hasattr(layer.data[0], "dask")
+    small = np.asarray(layer.data[-1])
+    assert small.std() > 5  # tissue, not a blank canvas
