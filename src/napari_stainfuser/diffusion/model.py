@@ -1,0 +1,435 @@
+"""StainFuser: conditional latent diffusion for stain normalisation, as a stainer.
+
+The source tile enters through the ControlNet (it keeps the structure); the
+target's style enters through cross-attention on its VAE latents. The target
+is encoded once per :meth:`StainFuser.set_target` and reused for every tile.
+"""
+
+import contextlib
+import os
+
+import numpy as np
+import torch
+
+from ..errors import ParameterError
+from ..stainer import StainerSpec, StainResult
+from .checkpoint import load_weights
+from .configs import ModelConfigs, has_configs, load_configs
+from .lookup import find_weights
+from .networks import StainFuserNetworks, build_networks
+from .sampling import denoise, make_scheduler
+from .size import ModelSize, model_size
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, refusing accelerators this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ParameterError(f"device {device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ParameterError(
+                f"device {str(device)!r} requested but CUDA is not available on this machine "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ParameterError(
+                f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA "
+                "device(s) are visible"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ParameterError(f"device {str(device)!r} requested but MPS is not available")
+    elif dev.type == "meta":
+        raise ParameterError("device 'meta' holds no weights; use StainFuser.describe() instead")
+    return dev
+
+
+def _check_images(x: torch.Tensor, name: str, multiple_of: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ParameterError(f"{name} must be a B×3×H×W tensor, got {shape}")
+    h, w = x.shape[-2:]
+    if h % multiple_of or w % multiple_of:
+        raise ParameterError(
+            f"{name} size {h}×{w} is not divisible by {multiple_of} (the VAE's downsampling factor)"
+        )
+
+
+def _check_unit_range(x: torch.Tensor, name: str) -> None:
+    if not x.is_floating_point():
+        raise ParameterError(f"{name} must be float in [0, 1], got {x.dtype}")
+    lo, hi = torch.aminmax(x.detach())
+    if lo < 0 or hi > 1:
+        raise ParameterError(
+            f"{name} must be in [0, 1], got values in [{float(lo):.3g}, {float(hi):.3g}]"
+        )
+
+
+def image_to_unit_tensor(image, name: str = "target") -> torch.Tensor:
+    """An RGB image (H×W×3 or 3×H×W or 1×3×H×W; uint8 or float in [0, 1]) as 1×3×H×W float32."""
+    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.asarray(image))
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 3 or 3 not in (x.shape[0], x.shape[-1]):
+        raise ParameterError(f"{name} must be an RGB image (H×W×3 or 3×H×W), got {tuple(x.shape)}")
+    if x.shape[-1] == 3 and x.shape[0] != 3:
+        x = x.permute(2, 0, 1)
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    elif x.is_floating_point():
+        x = x.float()
+        _check_unit_range(x, name)
+    else:
+        raise ParameterError(f"{name} must be uint8 or float in [0, 1], got {x.dtype}")
+    return x.unsqueeze(0).contiguous()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Decoder output in [-1, 1] -> uint8, exactly as the official scripts convert it."""
+    return ((images.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8)
+
+
+class StainFuser:
+    """A loaded StainFuser model: low-level diffusion API plus the stainer protocol.
+
+    Build it with :meth:`load` (weights from a checkpoint) or :meth:`from_configs`
+    (random weights, for training from scratch and benchmarks).
+    """
+
+    def __init__(
+        self,
+        networks: StainFuserNetworks,
+        device: str | torch.device = "cpu",
+        precision: str | None = None,
+        *,
+        steps: int = 20,
+        scheduler: str = "pndm",
+        seed: int = 0,
+        tile_size: int | None = None,
+        overlap: int = 64,
+        mpp: float = 0.5,
+        batch_size: int | None = None,
+        channels_last: bool | None = None,
+        reuse_across_steps: bool = True,
+    ):
+        # Every option is checked before gigabytes of weights move to the device.
+        self.device = resolve_device(device)
+        self.precision = self._resolve_precision(precision)
+        make_scheduler(scheduler, networks.configs.scheduler)
+        self.tile_size = int(tile_size or networks.target_size)
+        if self.tile_size % networks.vae_scale_factor:
+            raise ParameterError(
+                f"tile_size {self.tile_size} is not divisible by {networks.vae_scale_factor}"
+            )
+        self.steps = int(steps)
+        if self.steps < 1:
+            raise ParameterError(f"steps must be at least 1, got {steps}")
+        self.scheduler = scheduler
+        self.seed = int(seed)
+        self.overlap = int(overlap)
+        self.mpp = mpp
+        self.batch_size = int(batch_size or (8 if self.device.type == "cuda" else 2))
+        self.reuse_across_steps = reuse_across_steps
+        self._target_latents: torch.Tensor | None = None
+        self.networks = networks.to(self.device).eval().requires_grad_(False)
+        if channels_last if channels_last is not None else self.device.type == "cuda":
+            # Tensor-core convolutions want NHWC; on the CPU it is not reliably faster.
+            self.networks.to(memory_format=torch.channels_last)
+
+    # -- construction ---------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | os.PathLike | None = None,
+        config_dir: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **options,
+    ) -> "StainFuser":
+        """Load weights strictly from ``checkpoint`` (.safetensors, .pth or our directory).
+
+        ``checkpoint=None`` looks in ``$STAINFUSER_WEIGHTS`` and the local Hugging
+        Face cache (see :func:`find_weights`). ``config_dir=None`` uses the
+        configs saved next to the weights, else the built-in SD2.1-base ones.
+        ``options`` go to the constructor (precision, steps, scheduler, seed,
+        tile_size, overlap, mpp, batch_size, channels_last, reuse_across_steps).
+        """
+        resolve_device(device)  # refuse a missing GPU before reading gigabytes
+        path = find_weights(checkpoint)
+        if config_dir is None and has_configs(path.parent):
+            config_dir = path.parent
+        configs = load_configs(config_dir)
+        networks = build_networks(configs, device="meta")
+        load_weights(networks, path, dtype=dtype)
+        return cls(networks, device=device, **options)
+
+    @classmethod
+    def from_configs(
+        cls,
+        config_dir: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        init_seed: int | None = None,
+        **options,
+    ) -> "StainFuser":
+        """A randomly initialised model (ControlNet copied from the UNet, as officially)."""
+        dev = resolve_device(device)
+        configs = load_configs(config_dir)
+        if init_seed is not None:
+            torch.manual_seed(init_seed)
+        networks = build_networks(configs, device=dev, controlnet_from_unet=True).to(dtype)
+        return cls(networks, device=dev, **options)
+
+    @staticmethod
+    def describe(config_dir: str | os.PathLike | None = None) -> ModelSize:
+        """Parameter count and weight memory, computed on the meta device."""
+        return model_size(config_dir)
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def configs(self) -> ModelConfigs:
+        return self.networks.configs
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.networks.dtype
+
+    @property
+    def multiple_of(self) -> int:
+        return self.networks.vae_scale_factor
+
+    @property
+    def spec(self) -> StainerSpec:
+        return StainerSpec(
+            tile_size=self.tile_size,
+            overlap=self.overlap,
+            mpp=self.mpp,
+            per_pixel=False,
+            deterministic=True,
+            device=str(self.device),
+            batch_size=self.batch_size,
+            multiple_of=self.multiple_of,
+            latent_channels=self.networks.latent_channels,
+            latent_factor=self.networks.vae_scale_factor,
+        )
+
+    def _resolve_precision(self, precision: str | None) -> str:
+        if precision is None:
+            return "fp16" if self.device.type == "cuda" else "fp32"
+        if precision not in PRECISIONS:
+            raise ParameterError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ParameterError(f"precision 'fp16' needs CUDA; device is {self.device}")
+        return precision
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
+
+    # -- speed switches ---------------------------------------------------------------
+
+    def compile(self, vae: bool = True, **kwargs) -> "StainFuser":
+        """``torch.compile`` the ControlNet, the UNet and (``vae``) the VAE decoder in place.
+
+        The modules keep their key names, so checkpoints save as before. The
+        first batch of each new tile shape pays the compilation.
+        """
+        self.networks.conditioner.compile(**kwargs)
+        self.networks.noise_predictor.compile(**kwargs)
+        if vae:
+            self.networks.encoder.decoder.compile(**kwargs)
+        return self
+
+    def enable_vae_tiling(self) -> "StainFuser":
+        """Encode/decode tiles larger than the VAE's sample size in overlapping pieces."""
+        self.networks.encoder.enable_tiling()
+        return self
+
+    # -- low-level diffusion API -------------------------------------------------------
+
+    def _latent_grid_check(self, target: torch.Tensor) -> None:
+        need = self.networks.target_size
+        h, w = target.shape[-2:]
+        if h < need or w < need:
+            raise ParameterError(
+                f"target {h}×{w} is smaller than the model's latent grid "
+                f"({need}×{need} px = {need // self.multiple_of}² latents)"
+            )
+
+    @torch.inference_mode()
+    def encode_target(
+        self,
+        target: torch.Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Target tiles B×3×H×W in [0, 1] -> latents B×C×H/8×W/8 (× scaling_factor).
+
+        The target is not rescaled to [-1, 1], as in the official inference.
+        ``sample=False`` takes the posterior mean (deterministic); ``sample=True``
+        draws from it as the official code does.
+        """
+        _check_images(target, "target", self.multiple_of)
+        _check_unit_range(target, "target")
+        self._latent_grid_check(target)
+        vae = self.networks.encoder
+        with self._autocast():
+            dist = vae.encode(target.to(self.device, vae.dtype)).latent_dist
+            z = dist.sample(generator) if sample else dist.mean
+        return (z * self.networks.scaling_factor).float()
+
+    def _check_source(self, source: torch.Tensor) -> torch.Tensor:
+        _check_images(source, "source", self.multiple_of)
+        _check_unit_range(source, "source")
+        return source.to(self.device)
+
+    def _check_target_latents(self, latents: torch.Tensor, batch: int) -> torch.Tensor:
+        c = self.networks.latent_channels
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 4 or latents.shape[1] != c:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else latents
+            raise ParameterError(f"target_latents must be B×{c}×h×w, got {shape}")
+        if latents.shape[0] not in (1, batch):
+            raise ParameterError(
+                f"target_latents batch {latents.shape[0]} must be 1 or the source batch {batch}"
+            )
+        return latents.to(self.device)
+
+    @torch.inference_mode()
+    def predict_noise(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        source: torch.Tensor,
+        target_latents: torch.Tensor,
+    ) -> torch.Tensor:
+        """One network evaluation: eps for noisy latents ``x_t`` at timestep(s) ``t``."""
+        source = self._check_source(source)
+        target_latents = self._check_target_latents(target_latents, source.shape[0])
+        if isinstance(t, torch.Tensor):
+            t = t.to(self.device)
+        with self._autocast():
+            eps = self.networks(x_t.to(self.device), t, source, target_latents)
+        return eps.float()
+
+    def _initial_noise(self, source, init_noise, generator) -> torch.Tensor:
+        b, _, h, w = source.shape
+        f = self.multiple_of
+        shape = (b, self.networks.latent_channels, h // f, w // f)
+        if init_noise is None:
+            # Drawn on the generator's device (CPU by default) so that a seed gives
+            # the same noise whatever device the model runs on.
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            init_noise = torch.randn(shape, generator=generator, device=gen_device)
+        elif tuple(init_noise.shape) != shape:
+            raise ParameterError(
+                f"init_noise must have shape {shape} for this source, got {tuple(init_noise.shape)}"
+            )
+        return init_noise.to(self.device, torch.float32)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images, the VAE decoder's output (nominally in [-1, 1])."""
+        vae = self.networks.encoder
+        with self._autocast():
+            images = vae.decode((latents / self.networks.scaling_factor).to(vae.dtype)).sample
+        return images.float()
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        source: torch.Tensor,
+        target_latents: torch.Tensor,
+        steps: int = 20,
+        scheduler: str = "pndm",
+        init_noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        callback=None,
+        **scheduler_options,
+    ) -> torch.Tensor:
+        """Stain ``source`` (B×3×H×W in [0, 1]) in the style of ``target_latents``.
+
+        Returns the decoded images B×3×H×W, nominally in [-1, 1]. ``init_noise``
+        (B×C×H/8×W/8, unit variance) fixes the starting point, e.g. a tile's
+        slice of a slide-wide noise field; otherwise it is drawn from ``generator``.
+        """
+        if int(steps) < 1:
+            raise ParameterError(f"steps must be at least 1, got {steps}")
+        source = self._check_source(source)
+        target_latents = self._check_target_latents(target_latents, source.shape[0])
+        noise_scheduler = make_scheduler(scheduler, self.configs.scheduler, **scheduler_options)
+        noise = self._initial_noise(source, init_noise, generator)
+        with self._autocast():
+            context = self.networks.context(target_latents)
+            latents = denoise(
+                self.networks,
+                source,
+                context,
+                noise_scheduler,
+                int(steps),
+                noise,
+                reuse_across_steps=self.reuse_across_steps,
+                callback=callback,
+            )
+        return self.decode(latents)
+
+    # -- stainer protocol ---------------------------------------------------------------
+
+    def set_target(self, target) -> torch.Tensor:
+        """Encode the style target once; every later :meth:`stain` call reuses it.
+
+        ``target`` is an RGB image (H×W×3 or 3×H×W, uint8 or float in [0, 1]). A
+        target larger than the model's latent grid (512² for SD2.1-base) is
+        centre-cropped to it, the size StainFuser was trained with; a smaller
+        one is refused. Returns the cached latents.
+        """
+        x = image_to_unit_tensor(target, "target")
+        self._latent_grid_check(x)
+        need = self.networks.target_size
+        h, w = x.shape[-2:]
+        top, left = (h - need) // 2, (w - need) // 2
+        x = x[..., top : top + need, left : left + need]
+        self._target_latents = self.encode_target(x)
+        return self._target_latents
+
+    @property
+    def target_latents(self) -> torch.Tensor | None:
+        return self._target_latents
+
+    def stain(self, tiles: torch.Tensor, noise: torch.Tensor | None = None) -> StainResult:
+        """Stain a B×3×H×W uint8 batch towards the target set with :meth:`set_target`.
+
+        ``noise`` is each tile's initial latent noise (B×C×H/8×W/8), cut from
+        the slide's noise field; without it the noise comes from ``self.seed``.
+        """
+        if self._target_latents is None:
+            raise ParameterError("no target set: call set_target(image) before stain()")
+        if not isinstance(tiles, torch.Tensor) or tiles.dtype != torch.uint8:
+            kind = tiles.dtype if isinstance(tiles, torch.Tensor) else type(tiles).__name__
+            raise ParameterError(f"tiles must be a uint8 torch tensor, got {kind}")
+        _check_images(tiles, "tiles", self.multiple_of)
+        b, _, h, w = tiles.shape
+        f = self.multiple_of
+        shape = (b, self.networks.latent_channels, h // f, w // f)
+        if noise is None:
+            noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed))
+        elif tuple(noise.shape) != shape:
+            raise ParameterError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        out = []
+        for start in range(0, b, self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            source = tiles[chunk].to(self.device).float() / 255.0
+            images = self.sample(
+                source,
+                self._target_latents,
+                steps=self.steps,
+                scheduler=self.scheduler,
+                init_noise=noise[chunk],
+            )
+            out.append(to_uint8(images).to(tiles.device))
+        return StainResult(tiles=torch.cat(out))

@@ -1,0 +1,192 @@
+"""Stain uptake of each tissue compartment: H&E and H-DAB immunohistochemistry.
+
+Concentrations are in optical-density units along unit stain vectors (natural
+log OD, see `synthetic`): a pixel's OD is ``C @ M``. Values are chosen so that the
+Ruifrok vectors give the familiar look: pink stroma, purple-blue nuclei, white
+glass and lumens; in IHC, pale blue counterstain and brown DAB.
+
+A block is computed in strips of about 32k pixels: float32 temporaries then
+stay at 128 KiB, small enough for the allocator to recycle from its heap;
+larger ones are fresh pages every time (glibc maps them), and those page faults
+cost more than the arithmetic.
+"""
+
+import numpy as np
+
+from ._tissue import F32, MEMBRANE_RING, NucleusBatch, TissueModel, splat
+
+# Reach of the largest nucleus (a fibroblast's tip, a lymphocyte's membrane): nuclei
+# centred this far outside a window can still touch it. The soft edge adds at
+# most about 2 px to the physical size, however coarse the µm/px.
+NUCLEUS_MARGIN_UM = 16.0
+NUCLEUS_MARGIN_PX = 3.0
+STRIP_PIXELS = 1 << 15
+
+# marker -> (cell populations, stained compartment, positive fraction).
+MARKERS = {
+    "CD3": (("lymphocytes",), "membrane", 0.75),  # T cells among lymphocytes
+    "CK8/18": (("epithelium",), "cytoplasm", 1.0),  # luminal epithelial cytokeratins
+    "Ki67": (("epithelium", "lymphocytes"), "nucleus", 0.3),  # proliferating nuclei
+}
+
+
+def strips(y0, y1, width):
+    """Row ranges covering [y0, y1) with about STRIP_PIXELS pixels each."""
+    rows = max(8, STRIP_PIXELS // max(width, 1))
+    return [(s, min(s + rows, y1)) for s in range(y0, y1, rows)]
+
+
+def _scaled(a, lo, span):
+    """lo + span * a, in place."""
+    a *= F32(span)
+    a += F32(lo)
+    return a
+
+
+class _Features:
+    """Glands and nuclei that can reach one block (generated once per block)."""
+
+    def __init__(self, model: TissueModel, y0, y1, x0, x1, marker=None):
+        m = model.px(NUCLEUS_MARGIN_UM) + NUCLEUS_MARGIN_PX
+        self.glands = model.glands(y0 - m, y1 + m, x0 - m, x1 + m)
+        nuclei = {
+            "fibroblasts": model.fibroblasts(y0, y1, x0, x1, m, self.glands),
+            "epithelium": model.epithelial_nuclei(self.glands),
+            "lymphocytes": model.lymphocytes(y0, y1, x0, x1, m, self.glands),
+        }
+        population, compartment, frac = MARKERS[marker] if marker else ((), None, None)
+        self.marks_cells = compartment in ("membrane", "nucleus")
+        if self.marks_cells:
+            ring = MEMBRANE_RING if compartment == "membrane" else None
+            for name in population:
+                nuclei[name] = nuclei[name].for_marker(frac, ring)
+        # One batch per cell type: similar sizes, so similar patch sizes.
+        self.batches = [NucleusBatch(n) for n in nuclei.values() if len(n)]
+
+
+class _Strip:
+    """Component maps of one strip of a block."""
+
+    def __init__(self, model: TissueModel, feats: _Features, ys, xs, tm):
+        h, w = len(ys), len(xs)
+        y0, x0 = int(ys[0]), int(xs[0])
+        self.tm = tm
+        self.tex = model.texture(ys, xs)
+        self.dens = _scaled(model.density(ys, xs), 0.7, 0.6)
+        self.nuc_h = np.zeros((h, w), F32)
+        self.nuc_a = np.zeros((h, w), F32)
+        self.pos = np.zeros((h, w), F32) if feats.marks_cells else None
+        for batch in feats.batches:
+            splat(batch, y0, x0, h, w, self.tex, self.nuc_h, self.nuc_a, self.pos)
+        self.epi, self.lum, self.border, self.secr = model.gland_maps(feats.glands, ys, xs)
+        self.model, self.ys, self.xs = model, ys, xs
+
+    def fibres(self):
+        return self.model.fibres(self.ys, self.xs)
+
+
+def _by_strip(model, y0, y1, x0, x1, n_out, compose, marker=None):
+    out = np.zeros((y1 - y0, x1 - x0, n_out), F32)
+    xs = np.arange(x0, x1, dtype=np.float64)
+    ys_all = np.arange(y0, y1, dtype=np.float64)
+    whole = model.tissue_constant(ys_all, xs)
+    if whole == 0.0:
+        return out  # glass: all stains zero
+    feats = None
+    for s0, s1 in strips(y0, y1, x1 - x0):
+        ys = ys_all[s0 - y0 : s1 - y0]
+        const = whole if whole is not None else model.tissue_constant(ys, xs)
+        if const == 0.0:
+            continue
+        tm = np.ones((s1 - s0, x1 - x0), F32) if const == 1.0 else model.tissue(ys, xs)
+        if feats is None:
+            feats = _Features(model, y0, y1, x0, x1, marker)
+        compose(_Strip(model, feats, ys, xs, tm), out[s0 - y0 : s1 - y0])
+    return out
+
+
+def _he(c: _Strip, out):
+    grain = _scaled(c.tex.copy(), 0.85, 0.3)
+    # Stroma: eosinophilic collagen with pale gaps and clefts, a trace of hematoxylin.
+    fib, cleft = c.fibres()
+    eos = _scaled(fib, 0.3, 0.7)
+    eos *= c.dens
+    cleft *= F32(-0.9)
+    cleft += 1
+    eos *= cleft
+    eos *= grain
+    eos *= F32(0.85)
+    hem = c.dens * grain
+    hem *= F32(0.06)
+    if c.epi is not None:
+        rest = 1 - c.epi
+        rest -= c.lum
+        eos *= rest
+        hem *= rest
+        # Epithelial cytoplasm: paler eosin, more hematoxylin, pink cell borders.
+        cyto = _scaled(c.border.copy(), 0.45, 0.35)
+        cyto *= grain
+        cyto *= c.epi
+        eos += cyto
+        hem += c.epi * F32(0.25)
+        c.secr *= c.tex
+        c.secr *= F32(0.28)
+        eos += c.secr
+    nuc_a = c.nuc_a
+    eos *= 1 - F32(0.8) * nuc_a
+    hem *= 1 - nuc_a
+    hem += c.nuc_h
+    hem *= c.tm
+    eos *= c.tm
+    out[..., 0] = hem
+    out[..., 1] = eos
+
+
+def _ihc(marker):
+    _, compartment, _ = MARKERS[marker]
+
+    def compose(c: _Strip, out):
+        grain = _scaled(c.tex.copy(), 0.8, 0.4)
+        hem = c.dens * F32(0.06)
+        nuc_a = c.nuc_a
+        if c.epi is not None:
+            hem *= 1 - c.epi - c.lum
+            hem += c.epi * F32(0.12)
+        hem *= 1 - nuc_a
+        hem += c.nuc_h * F32(0.6)  # IHC counterstain is lighter than in H&E
+        if compartment == "cytoplasm":
+            if c.epi is None:
+                cell = dab = np.zeros_like(nuc_a)
+            else:
+                # Cytokeratin fills the cytoplasm and is densest at the cell borders.
+                cell = c.epi
+                dab = cell * (1 - F32(0.8) * nuc_a)
+                dab *= 1 + F32(0.6) * c.border
+        elif compartment == "membrane":
+            cell = c.pos
+            # Membrane seen edge-on is darkest; above and below the nucleus it is
+            # seen face-on, so the whole cell is brown.
+            dab = np.clip(cell - nuc_a, 0, None)
+            dab += F32(0.45) * cell
+        else:
+            cell = c.pos
+            dab = F32(1.6) * cell
+            hem *= 1 - F32(0.75) * cell
+        dab *= grain
+        hem *= c.tm
+        dab *= c.tm
+        out[..., 0] = hem
+        out[..., 1] = dab
+        out[..., 2] = (cell >= 0.5) & (c.tm >= 0.5)
+
+    return compose
+
+
+def he_block(model: TissueModel, y0, y1, x0, x1) -> np.ndarray:
+    """Hematoxylin and eosin concentrations of a window, h × w × 2 float32."""
+    return _by_strip(model, y0, y1, x0, x1, 2, _he)
+
+
+def ihc_block(model: TissueModel, marker: str, y0, y1, x0, x1) -> np.ndarray:
+    """Hematoxylin, DAB and the true-cell mask (0/1) of a window, h × w × 3 float32."""
+    return _by_strip(model, y0, y1, x0, x1, 3, _ihc(marker), marker)

@@ -1,0 +1,419 @@
+"""TIFF-family slides: Aperio SVS, Hamamatsu NDPI, OME-TIFF, generic (pyramidal) TIFF.
+
+tifffile parses the container (IFDs, SubIFDs, series, pyramid levels, NDPI
+McuStarts, JPEG tables) and provides the per-segment decoder
+(``TiffPage.decode``: JPEG with shared tables, NDPI restart-marker tiles,
+Aperio JPEG 2000 33003/33005, LZW, deflate, ...). Pixel reading is ours: one
+dask task per native tile reads the tile's bytes by offset with ``os.pread``
+(no lock, no shared file position, so tiles decode in parallel threads) and
+hands them to that decoder.
+
+Why not tifffile's zarr store (``TiffFile.aszarr``; ``return_as='zarr'`` in
+newer tifffile): it serialises reads through one locked file handle, adds
+zarr 3's async machinery per chunk, and its errors do not say which tile was
+bad. Reading segments directly keeps reads at tifffile's own decode speed
+(``benchmarks/bench_read.py``), lets a corrupt tile fail alone with its
+location, and keeps the task source small enough to pickle (workers re-parse
+the one IFD they need).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import weakref
+import xml.etree.ElementTree as ET
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import dask.array as da
+import numpy as np
+import tifffile
+
+from ._readutil import chunk_for, error, file_key, lazy_level, mpp_from_tiff_resolution, not_rgb
+from ._readutil import region as _region
+
+ASSOCIATED_NAMES = ("thumbnail", "label", "macro")
+_RGB_PHOTOMETRIC = {2, 6}  # RGB, YCbCr (decoded to RGB)
+_GREY_PHOTOMETRIC = {0, 1}  # MinIsWhite, MinIsBlack
+_OME_UNIT_UM = {
+    "pm": 1e-6,
+    "Å": 1e-4,
+    "nm": 1e-3,
+    "µm": 1.0,
+    "μm": 1.0,
+    "um": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
+
+
+@dataclass
+class TiffParts:
+    format: str
+    levels: list[da.Array]
+    mpp: float | None
+    magnification: float | None
+    associated: dict[str, da.Array]
+    sources: list[TiffLevelSource]
+
+
+class _File:
+    """Positional reads of one file, shareable by threads and picklable as its path."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> int:
+        with self._lock:
+            if self._fd is None:
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                self._fd = fd
+                weakref.finalize(self, os.close, fd)
+            return self._fd
+
+    def read(self, offset: int, count: int) -> bytes:
+        fd = self._fd if self._fd is not None else self._open()
+        if hasattr(os, "pread"):
+            data = os.pread(fd, count, offset)
+        else:  # Windows: no pread, so seek+read under the lock
+            with self._lock:
+                os.lseek(fd, offset, os.SEEK_SET)
+                data = os.read(fd, count)
+        if len(data) != count:
+            raise OSError(f"short read: {len(data)} of {count} bytes at offset {offset}")
+        return data
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+
+@dataclass
+class _Codec:
+    """What decoding one page's segments needs, detached from the TiffFile."""
+
+    decode: Callable[..., Any]
+    jpegtables: bytes | None
+    jpegheader: bytes | None
+    offsets: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def from_page(cls, page: tifffile.TiffPage) -> _Codec:
+        page.init_decode()  # tifffile's cached decoder is not thread-safe on first access
+        return cls(
+            decode=page.decode,
+            jpegtables=page.jpegtables,
+            jpegheader=page.jpegheader,
+            offsets=np.asarray(page.dataoffsets, dtype=np.int64),
+            counts=np.asarray(page.databytecounts, dtype=np.int64),
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _codec_at(path: str, ifd: int, size: int, mtime: int) -> _Codec:
+    # Only used after unpickling (e.g. on a dask.distributed worker): re-parse
+    # the single IFD the source needs. size/mtime are part of the cache key.
+    with tifffile.TiffFile(path) as tif:
+        tif.filehandle.seek(ifd)
+        return _Codec.from_page(tifffile.TiffPage(tif, index=0))
+
+
+class TiffLevelSource:
+    """Array-like Y×X×3 uint8 view of one TIFF page that decodes only touched tiles."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, file: _File, page: tifffile.TiffPage, label: str):
+        self.file = file
+        self.label = label
+        self.ifd = int(page.offset)
+        h, w = int(page.imagelength), int(page.imagewidth)
+        self.shape = (h, w, 3)
+        if page.is_tiled:
+            self.tile = (int(page.tilelength), int(page.tilewidth))
+        else:
+            self.tile = (min(int(page.rowsperstrip) or h, h), w)
+        self.grid = (-(-h // self.tile[0]), -(-w // self.tile[1]))
+        self.samples = int(page.samplesperpixel)
+        self.planar = page.planarconfig == 2 and self.samples > 1
+        self._codec: _Codec | None = _Codec.from_page(page)
+        self._check_table()
+
+    @property
+    def chunks(self) -> tuple[int, int, int]:
+        (th, tw), (h, w, _) = self.tile, self.shape
+        return (chunk_for(th, h), chunk_for(tw, w), 3)
+
+    def _check_table(self) -> None:
+        codec = self._codec
+        planes = self.samples if self.planar else 1
+        expected = self.grid[0] * self.grid[1] * planes
+        if len(codec.offsets) != expected or len(codec.counts) != expected:
+            raise error(
+                self.file.path,
+                f"{self.label}: tile table has {len(codec.offsets)} entries, "
+                f"expected {expected}; the TIFF is corrupt",
+            )
+        size = self.file.path.stat().st_size
+        end = int((codec.offsets + codec.counts).max(initial=0))
+        if end > size:
+            raise error(
+                self.file.path,
+                f"file is truncated: {self.label} tile data ends at byte {end} "
+                f"but the file has {size} bytes",
+            )
+        try:  # no pixels read: decoders raise here if the codec is unsupported
+            codec.decode(None, 0, jpegtables=codec.jpegtables, jpegheader=codec.jpegheader)
+        except Exception as exc:
+            raise error(self.file.path, f"{self.label}: cannot decode: {exc}") from exc
+
+    def _state(self) -> _Codec:
+        if self._codec is None:
+            st = self.file.path.stat()
+            self._codec = _codec_at(str(self.file.path), self.ifd, st.st_size, st.st_mtime_ns)
+        return self._codec
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tile tables of a 100,000² slide are megabytes: ship the IFD offset instead.
+        return {k: v for k, v in self.__dict__.items() if k != "_codec"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._codec = None
+
+    def _segment(self, codec: _Codec, index: int) -> np.ndarray | None:
+        offset, count = int(codec.offsets[index]), int(codec.counts[index])
+        if count == 0 or offset == 0:  # sparse tile: nothing scanned there
+            return None
+        data = self.file.read(offset, count)
+        decoded = codec.decode(
+            data, index, jpegtables=codec.jpegtables, jpegheader=codec.jpegheader
+        )[0]
+        return decoded.reshape(decoded.shape[-3:])
+
+    def tile_rgb(self, ty: int, tx: int) -> np.ndarray:
+        """Decoded tile (ty, tx) as h×w×3 uint8, cropped to the image."""
+        (th, tw), (h, w, _) = self.tile, self.shape
+        need = (min(th, h - ty * th), min(tw, w - tx * tw))
+        codec = self._state()
+        index = ty * self.grid[1] + tx
+        try:
+            if self.planar:
+                n = self.grid[0] * self.grid[1]
+                planes = [self._segment(codec, index + s * n) for s in range(3)]
+                parts = None if any(p is None for p in planes) else np.concatenate(planes, -1)
+            else:
+                parts = self._segment(codec, index)
+            if parts is None:
+                return np.full((*need, 3), 255, dtype=np.uint8)  # empty = background
+            if parts.shape[0] < need[0] or parts.shape[1] < need[1]:
+                raise ValueError(f"decoded tile has shape {parts.shape}, expected {need}")
+            parts = parts[: need[0], : need[1]]
+            if parts.shape[-1] < 3:  # greyscale associated image
+                return np.repeat(parts[..., :1], 3, axis=-1)
+            return np.ascontiguousarray(parts[..., :3])
+        except Exception as exc:
+            raise error(
+                self.file.path,
+                f"{self.label}: tile at (y={ty * th}, x={tx * tw}) cannot be read: "
+                f"{type(exc).__name__}: {exc}",
+            ) from exc
+
+    def read(self, y0: int, y1: int, x0: int, x1: int, pool: Executor | None = None) -> np.ndarray:
+        """Pixels [y0:y1, x0:x1], decoding the touched tiles (in ``pool`` if given)."""
+        th, tw = self.tile
+        rows, cols = range(y0 // th, -(-y1 // th)), range(x0 // tw, -(-x1 // tw))
+        if len(rows) == 1 and len(cols) == 1:
+            # One tile (every chunk of a tiled level): hand back a view, no copy.
+            ty, tx = rows[0], cols[0]
+            return self.tile_rgb(ty, tx)[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
+        out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+
+        def paste(t: tuple[int, int]) -> None:
+            tile = self.tile_rgb(*t)
+            oy, ox = t[0] * th, t[1] * tw
+            ya, yb = max(y0, oy), min(y1, oy + th)
+            xa, xb = max(x0, ox), min(x1, ox + tw)
+            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = tile[ya - oy : yb - oy, xa - ox : xb - ox]
+
+        tiles = [(ty, tx) for ty in rows for tx in cols]
+        if pool is None:
+            for t in tiles:
+                paste(t)
+        else:
+            for _ in pool.map(paste, tiles):  # re-raises the first tile error
+                pass
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        y0, y1, x0, x1, rest = _region(key, self.shape)
+        return self.read(y0, y1, x0, x1)[rest]
+
+
+def _check_rgb(path: Path, series: tifffile.TiffPageSeries, what: str) -> None:
+    page = series.keyframe
+    if page.dtype != np.uint8:
+        raise not_rgb(path, f"{what} has {page.bitspersample}-bit {page.dtype} samples")
+    planes = [(a, n) for a, n in zip(series.axes, series.shape) if a not in "YXS" and n > 1]
+    if planes:
+        dims = " × ".join(f"{n} {a}" for a, n in planes)
+        kind = "multichannel (fluorescence?)" if any(a == "C" for a, _ in planes) else "multi-plane"
+        raise not_rgb(path, f"{what} is {kind}: {dims} planes of {series.axes} {series.shape}")
+    s, photometric = int(page.samplesperpixel), int(page.photometric)
+    if photometric in _RGB_PHOTOMETRIC and s in (3, 4):
+        return
+    if photometric in _GREY_PHOTOMETRIC:
+        why = "greyscale" if s == 1 else f"multichannel ({s} channels)"
+        raise not_rgb(path, f"{what} is {why}")
+    name = getattr(page.photometric, "name", str(photometric))
+    raise not_rgb(path, f"{what} has photometric {name} with {s} samples")
+
+
+def _associated_name(series: tifffile.TiffPageSeries) -> str | None:
+    name = (series.name or "").lower()
+    return next((n for n in ASSOCIATED_NAMES if n in name), None)
+
+
+def _levels_from_series(series: list[tifffile.TiffPageSeries], main: int) -> list[Any]:
+    """Pyramid levels of the main series, including OME pyramids stored as series.
+
+    tifffile groups SubIFD, SVS, NDPI and generic reduced-page pyramids itself;
+    OME-TIFFs that store each level as its own Image stay separate series, so
+    consecutive series that shrink by one integer factor per step are joined.
+    """
+    levels = list(series[main].levels)
+    if len(levels) > 1:
+        return levels
+    key = series[main].keyframe
+    for s in series[main + 1 :]:
+        prev, cur = levels[-1].keyframe, s.keyframe
+        if cur.dtype != key.dtype or cur.samplesperpixel != key.samplesperpixel:
+            break
+        if _associated_name(s) or cur.imagewidth >= prev.imagewidth:
+            break
+        f = round(prev.imagewidth / cur.imagewidth)
+        if f < 2 or abs(prev.imagelength / f - cur.imagelength) > 1:
+            break
+        levels.append(s)
+    return levels
+
+
+def _aperio(description: str) -> dict[str, str]:
+    fields = {}
+    for part in description.split("|")[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _float(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def _ome_metadata(xml: str, image_index: int) -> tuple[float | None, float | None]:
+    """(µm/px, objective magnification) of one OME Image."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None, None
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    images = root.findall(f"{ns}Image")
+    if not images:
+        return None, None
+    image = images[image_index] if image_index < len(images) else images[0]
+    mpp = None
+    pixels = image.find(f"{ns}Pixels")
+    if pixels is not None:
+        size = _float(pixels.get("PhysicalSizeX"))
+        unit = _OME_UNIT_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
+        mpp = size * unit if size and unit else None
+    objectives = root.findall(f".//{ns}Instrument/{ns}Objective")
+    settings = image.find(f"{ns}ObjectiveSettings")
+    chosen = None
+    if settings is not None:
+        chosen = next((o for o in objectives if o.get("ID") == settings.get("ID")), None)
+    elif len(objectives) == 1:
+        chosen = objectives[0]
+    mag = _float(chosen.get("NominalMagnification")) if chosen is not None else None
+    return mpp, mag
+
+
+def _format(tif: tifffile.TiffFile) -> str:
+    if tif.is_svs:
+        return "aperio-svs"
+    if tif.is_ndpi:
+        return "ndpi"
+    if tif.is_ome:
+        return "ome-tiff"
+    return "tiff"
+
+
+def _metadata(
+    tif: tifffile.TiffFile, fmt: str, page: tifffile.TiffPage, main: int
+) -> tuple[float | None, float | None]:
+    mpp = mag = None
+    if fmt == "aperio-svs":
+        fields = _aperio(page.description)
+        mpp, mag = _float(fields.get("MPP")), _float(fields.get("AppMag"))
+    elif fmt == "ndpi":
+        mag = _float((page.ndpi_tags or {}).get("Magnification"))
+    elif fmt == "ome-tiff" and tif.ome_metadata:
+        mpp, mag = _ome_metadata(tif.ome_metadata, main)
+    if mpp is None:
+        mpp = mpp_from_tiff_resolution(page.resolution, page.resolutionunit)
+    return mpp, mag
+
+
+def open_tiff(path: Path) -> TiffParts:
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:
+        raise error(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from exc
+    with tif:
+        try:
+            series = [s for s in tif.series if s.keyframe is not None and s.shape]
+            fmt = _format(tif)
+        except Exception as exc:
+            raise error(path, f"corrupt TIFF structure ({type(exc).__name__}: {exc})") from exc
+        if not series:
+            raise error(path, "TIFF contains no image")
+        candidates = [i for i, s in enumerate(series) if _associated_name(s) is None] or [0]
+        main = max(candidates, key=lambda i: (series[i].keyframe.imagelength *
+                                              series[i].keyframe.imagewidth, -i))
+        levels = _levels_from_series(series, main)
+        file, key = _File(path), file_key(path)
+        sources = []
+        for k, level in enumerate(levels):
+            _check_rgb(path, level, f"level {k}")
+            sources.append(TiffLevelSource(file, level.keyframe, f"level {k}"))
+        arrays = [lazy_level(s, s.chunks, key, s.ifd) for s in sources]
+        associated = {}
+        used = {id(s) for s in levels}
+        for s in series:
+            name = _associated_name(s)
+            if name is None or name in associated or id(s) in used:
+                continue
+            page = s.keyframe
+            photometric = int(page.photometric)
+            if page.dtype != np.uint8 or photometric not in _RGB_PHOTOMETRIC | _GREY_PHOTOMETRIC:
+                continue  # not shown as an RGB picture; the slide itself is fine
+            source = TiffLevelSource(file, page, f"associated image '{name}'")
+            associated[name] = lazy_level(source, source.chunks, key, source.ifd)
+        mpp, mag = _metadata(tif, fmt, levels[0].keyframe, main)
+    return TiffParts(fmt, arrays, mpp, mag, associated, sources)

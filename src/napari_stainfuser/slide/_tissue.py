@@ -1,0 +1,598 @@
+"""Procedural tissue geometry: glass, stroma, glands with lumens, and nuclei.
+
+The tissue is an infinite plane fixed by a seed. Features come from
+counter-based hashes of grid cells (see `_procedural`), and a window evaluates
+every cell whose features can reach it, so values never depend on how the plane
+is chunked. Nuclei overlapping each other are composited with a maximum, which
+does not depend on their order either.
+
+Sizes are physical (µm) and converted with the slide's µm/px.
+"""
+
+import numpy as np
+
+from ._procedural import Octaves, hash_coords, stream_key, to_unit, uniforms, value_noise_at
+
+F32 = np.float32
+
+# Tissue islands: an fBm thresholded at TISSUE_LEVEL. The square
+# [0, ORIGIN_TISSUE_UM)² is lifted above the threshold so previews and tests that
+# start at the origin always show tissue.
+TISSUE_CELLS_UM = (1600.0, 800.0, 400.0, 200.0, 50.0)
+TISSUE_WEIGHTS = (1.0, 0.5, 0.25, 0.12, 0.05)
+TISSUE_LEVEL = 0.5
+TISSUE_SLOPE = 150.0  # per fBm unit: soft tissue edges a few µm wide
+ORIGIN_TISSUE_UM = 1500.0
+ORIGIN_RAMP_UM = 400.0
+
+# Glands: at most one per grid cell, centred in the middle 25 % of the cell, so
+# glands in neighbouring cells cannot touch.
+GLAND_CELL_UM = 260.0
+GLAND_JITTER = 0.25
+GLAND_RADIUS_UM = (40.0, 70.0)
+GLAND_ASPECT = (0.55, 1.0)
+GLAND_HARMONIC = 0.05  # amplitude of each outline harmonic (orders 2, 3, 4)
+GLAND_EPITHELIUM_UM = (16.0, 24.0)
+GLAND_REGION_UM = 1200.0
+EPI_NUCLEUS_SPACING_UM = 8.0
+
+# Nuclei: (long semi-axis range in µm, short/long ratio range).
+FIBRO_CELL_UM = 22.0
+FIBRO_AXES_UM = ((4.5, 8.0), (0.18, 0.3))
+LYMPH_CELL_UM = 9.0
+LYMPH_AXES_UM = ((2.9, 3.8), (0.85, 1.0))
+EPI_AXES_UM = ((4.0, 6.0), (0.5, 0.7))
+INFLAMMATION_UM = 500.0
+
+# Collagen fibres: a carrier of period FIBRE_PERIOD_UM bent by a warp field.
+FIBRE_PERIOD_UM = 2.5
+FIBRE_WARP_UM = 45.0
+FIBRE_WARP_RAD = 24.0
+FIBRE_BLEND_UM = 260.0
+FIBRE_BUNDLE = 10  # fibre periods per bundle period (two bundles)
+
+# Granular texture (chromatin, cytoplasm) and stroma density, in µm.
+TEXTURE_CELLS_UM = (2.0, 1.0)
+DENSITY_CELL_UM = 120.0
+
+# Cell membrane of a membrane-stained lymphocyte, in nuclear radii.
+MEMBRANE_RING = 1.4
+
+# Random streams; changing a number changes every slide, so they are fixed.
+_S_TISSUE, _S_GLAND, _S_GREGION, _S_FIBRO, _S_LYMPH, _S_INFL = range(1, 7)
+_S_FIBRE, _S_DENS, _S_TEX, _S_EPI, _S_ANGLES, _S_EPIPHASE = range(7, 13)
+
+
+class Nuclei:
+    """Nuclei as one (field × nucleus) float64 table; centres in global px.
+
+    `pos` is a uniform compared with a marker's positive fraction; `ring` (the
+    cell's membrane radius in nuclear radii, 0 for none) and `positive` (0/1)
+    are set per marker by `for_marker`.
+    """
+
+    FIELDS = ("cy", "cx", "a", "b", "cos", "sin", "h", "tex", "h2c", "h2s", "h3c", "h3s")
+    FIELDS += ("taper", "bend", "pos", "ring", "positive")
+    _INDEX = {f: i for i, f in enumerate(FIELDS)}
+    _DEFAULT = {"pos": 1.0}
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+
+    @classmethod
+    def make(cls, **arrays):
+        n = len(arrays["cy"])
+        data = np.empty((len(cls.FIELDS), n))
+        for i, f in enumerate(cls.FIELDS):
+            data[i] = arrays.get(f, cls._DEFAULT.get(f, 0.0))
+        return cls(data)
+
+    def __getattr__(self, name):
+        i = Nuclei._INDEX.get(name)
+        if i is None:
+            raise AttributeError(name)
+        return self.data[i]
+
+    def __len__(self):
+        return self.data.shape[1]
+
+    def select(self, keep):
+        return Nuclei(self.data[:, keep])
+
+    def for_marker(self, fraction, ring):
+        """A copy whose nuclei with pos < fraction are positive, with a membrane ring."""
+        out = Nuclei(self.data.copy())
+        out.data[self._INDEX["positive"]] = out.pos < fraction
+        out.data[self._INDEX["ring"]] = ring or 0.0
+        return out
+
+
+def _lerp(u, lo, hi):
+    return lo + (hi - lo) * u
+
+
+def _harmonics(c, s):
+    """cos/sin of 2θ and 3θ from cos θ, sin θ (cheaper than trig calls)."""
+    c2 = c * c - s * s
+    s2 = 2 * c * s
+    return c2, s2, c * c2 - s * s2, s * c2 + c * s2
+
+
+def _outline(harm, c, s):
+    """Gland outline radius factor 1 + Σ harmonics of orders 2-4 at angle (c, s)."""
+    c2, s2, c3, s3 = _harmonics(c, s)
+    c4, s4 = c2 * c2 - s2 * s2, 2 * c2 * s2
+    r = 1 + harm[0] * c2
+    r += harm[1] * s2
+    r += harm[2] * c3
+    r += harm[3] * s3
+    r += harm[4] * c4
+    r += harm[5] * s4
+    return r
+
+
+class TissueModel:
+    """The tissue plane for one seed at one µm/px."""
+
+    def __init__(self, seed: int, mpp: float):
+        self.seed = int(seed)
+        self.mpp = float(mpp)
+        self.key = {s: stream_key(self.seed, s) for s in range(1, 13)}
+        px = self.px
+        self.tissue_noise = Octaves(
+            self.key[_S_TISSUE], [px(c) for c in TISSUE_CELLS_UM], TISSUE_WEIGHTS
+        )
+        self.texture = Octaves(self.key[_S_TEX], [px(c) for c in TEXTURE_CELLS_UM], (0.6, 0.4))
+        self.density = Octaves(self.key[_S_DENS], [px(DENSITY_CELL_UM)], (1.0,))
+        warp_key, blend_key = hash_coords(self.key[_S_FIBRE], 0), hash_coords(self.key[_S_FIBRE], 1)
+        self.fibre_warps = [
+            Octaves(hash_coords(warp_key, i), [px(FIBRE_WARP_UM)], (1.0,)) for i in range(2)
+        ]
+        self.fibre_blend = Octaves(blend_key, [px(FIBRE_BLEND_UM)], (1.0,))
+        self.gland_cell = px(GLAND_CELL_UM)
+        self.gland_max_extent = px(GLAND_RADIUS_UM[1]) * (1 + 6 * GLAND_HARMONIC) + 2
+        # Two fibre families with seed-dependent directions (radians).
+        u = to_unit(hash_coords(self.key[_S_ANGLES], np.arange(2)))
+        self.fibre_angles = (np.pi * u[0], np.pi * u[0] + np.pi / 2 + 0.8 * (u[1] - 0.5))
+        self.fibre_k = 2 * np.pi / px(FIBRE_PERIOD_UM)
+        # Patterns finer than a few pixels fade to their mean (no moiré when the
+        # tissue is rendered at a coarse µm/px, e.g. for pyramid levels).
+        self.fibre_detail = float(np.clip(px(FIBRE_PERIOD_UM) / 2 - 1, 0, 1))
+        self.bundle_detail = float(np.clip(px(FIBRE_PERIOD_UM) * FIBRE_BUNDLE / 8 - 1, 0, 1))
+
+    def px(self, um: float) -> float:
+        return um / self.mpp
+
+    # --- large-scale fields -------------------------------------------------
+
+    def _origin_lift(self, ys, xs):
+        r0, ramp = self.px(ORIGIN_TISSUE_UM), self.px(ORIGIN_RAMP_UM)
+        by = (0.5 * np.clip((r0 + ramp - ys) / ramp, 0, 1)).astype(F32)
+        bx = np.clip((r0 + ramp - xs) / ramp, 0, 1).astype(F32)
+        return by, bx
+
+    def tissue_constant(self, ys, xs):
+        """1.0 or 0.0 if the coverage is that everywhere on ys × xs, else None.
+
+        Away from the edge the clip in `tissue` gives exactly 0 or 1 whatever the
+        per-pixel noise; a bound from the lattice values decides that without
+        evaluating the noise, and agrees with what evaluating it would give.
+        """
+        by, bx = self._origin_lift(ys, xs)
+        lo, hi = self.tissue_noise.bounds(ys, xs)
+        lo += float(by.min()) * float(bx.min())
+        hi += float(by.max()) * float(bx.max())
+        eps = 1e-3
+        if (lo - TISSUE_LEVEL) * TISSUE_SLOPE >= 0.5 + eps:
+            return 1.0
+        if (hi - TISSUE_LEVEL) * TISSUE_SLOPE <= -0.5 - eps:
+            return 0.0
+        return None
+
+    def tissue(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """Tissue coverage in [0, 1]: 1 in tissue, 0 on glass, with a soft edge."""
+        by, bx = self._origin_lift(ys, xs)
+        f = self.tissue_noise(ys, xs)
+        f += by[:, None] * bx[None, :]
+        f -= F32(TISSUE_LEVEL)
+        f *= F32(TISSUE_SLOPE)
+        f += F32(0.5)
+        return np.clip(f, 0, 1, out=f)
+
+    def fibres(self, ys, xs):
+        """Collagen: (fibre density in [0, 1], cleft map in [0, 1]).
+
+        Two families of wavy fibres, blended over a few hundred µm; where the
+        families cross over, the texture fades into homogeneous collagen. Fibres
+        gather into bundles (a subharmonic of the fibre phase) separated by thin
+        pale gaps; some gaps of the first family open into clefts, the white
+        shrinkage spaces of fixed stroma.
+        """
+        warps = [w(ys, xs) for w in self.fibre_warps]
+        # Intermittent clefts: only where family 2's warp is high.
+        gate = warps[1] - F32(0.55)
+        gate *= F32(5.0)
+        np.clip(gate, 0, 1, out=gate)
+        fam = []
+        for i, ang in enumerate(self.fibre_angles):
+            k = self.fibre_k
+            # Phases of the two axes in float64, reduced modulo the bundle period,
+            # so the float32 sum per pixel is a fixed formula of global coordinates.
+            period = 2 * np.pi * FIBRE_BUNDLE
+            py = np.mod(k * np.sin(ang) * ys, period).astype(F32)
+            px_ = np.mod(k * np.cos(ang) * xs, period).astype(F32)
+            phase = warps[i] * F32(FIBRE_WARP_RAD)
+            phase += py[:, None]
+            phase += px_[None, :]
+            f = np.sin(phase)
+            f *= f
+            f *= F32(0.4 * self.fibre_detail)
+            f += F32(0.8 - 0.2 * self.fibre_detail)  # mean 0.8 whatever the detail
+            # Bundles: a subharmonic, shifted by the other family's warp so that
+            # bundle widths vary.
+            phase *= F32(1 / FIBRE_BUNDLE)
+            phase += warps[1 - i] * F32(4.0)
+            bundle = np.cos(phase, out=phase)
+            np.abs(bundle, out=bundle)
+            fam.append((f, bundle))
+        (f1, b1), (f2, b2) = fam
+        cleft = b1 * F32(-10.0)
+        cleft += F32(1.0)
+        np.clip(cleft, 0, 1, out=cleft)
+        cleft *= F32(self.bundle_detail)
+        for f, b in fam:
+            b *= F32(3.0)
+            np.minimum(b, 1, out=b)
+            if self.bundle_detail < 1:
+                b -= 1
+                b *= F32(self.bundle_detail)
+                b += 1
+            f *= b
+        blend = self.fibre_blend(ys, xs)
+        blend -= F32(0.5)
+        contrast = np.abs(blend)
+        blend *= F32(4.0)
+        blend += F32(0.5)
+        np.clip(blend, 0, 1, out=blend)
+        gate *= 1 - blend
+        cleft *= gate
+        f2 -= f1
+        f2 *= blend
+        f2 += f1
+        # Full contrast inside a family's domain, 0.4 where the two cross over.
+        contrast *= F32(2.4)
+        contrast += F32(0.4)
+        np.minimum(contrast, 1, out=contrast)
+        f2 -= F32(0.5)
+        f2 *= contrast
+        f2 += F32(0.5)
+        return f2, cleft
+
+    def fibre_direction(self, y, x):
+        """Angle (radians) along which fibres run, at scattered points."""
+        key, cell, _ = self.fibre_blend.terms[0]
+        b = value_noise_at(key, y, x, cell)
+        a1, a2 = self.fibre_angles
+        return np.where(b < 0.5, a1, a2) + np.pi / 2
+
+    # --- glands -------------------------------------------------------------
+
+    def glands(self, y0, y1, x0, x1) -> dict:
+        """Glands whose outline can reach the window [y0, y1) × [x0, x1)."""
+        g, m = self.gland_cell, self.gland_max_extent
+        gy = np.arange(int(np.floor((y0 - m) / g)), int(np.floor((y1 + m) / g)) + 1)
+        gx = np.arange(int(np.floor((x0 - m) / g)), int(np.floor((x1 + m) / g)) + 1)
+        gy, gx = (v.ravel() for v in np.meshgrid(gy, gx, indexing="ij"))
+        u = uniforms(self.key[_S_GLAND], 14, gy, gx)
+        cy = (gy + 0.5 + GLAND_JITTER * (u[:, 0] - 0.5)) * g
+        cx = (gx + 0.5 + GLAND_JITTER * (u[:, 1] - 0.5)) * g
+        region = value_noise_at(self.key[_S_GREGION], cy, cx, self.px(GLAND_REGION_UM))
+        present = u[:, 2] < 0.9 * np.clip((region - 0.4) / 0.2, 0, 1)
+        u, cy, cx, gy, gx = u[present], cy[present], cx[present], gy[present], gx[present]
+        a = self.px(_lerp(u[:, 3], *GLAND_RADIUS_UM))
+        b = a * _lerp(u[:, 4], *GLAND_ASPECT)
+        ang = np.pi * u[:, 5]
+        c, s = np.cos(ang), np.sin(ang)
+        r_mean = np.sqrt(a * b)
+        thick = self.px(_lerp(u[:, 12], *GLAND_EPITHELIUM_UM))
+        grow = 1 + 6 * GLAND_HARMONIC
+        n_epi = np.maximum(8, np.round(2 * np.pi * r_mean * 0.85 / self.px(EPI_NUCLEUS_SPACING_UM)))
+        return {
+            "cy": cy,
+            "cx": cx,
+            "a": a,
+            "b": b,
+            "cos": c,
+            "sin": s,
+            "harm": (GLAND_HARMONIC * (2 * u[:, 6:12] - 1)).T,
+            "r_mean": r_mean,
+            "q_in": 1 - thick / r_mean,
+            "secretion": u[:, 13] < 0.35,
+            # Half extents of the bounding box of the (perturbed) rotated ellipse.
+            "ext_y": np.hypot(a * s, b * c) * grow + 2,
+            "ext_x": np.hypot(a * c, b * s) * grow + 2,
+            "n_epi": n_epi.astype(np.int64),
+            "phase": 2 * np.pi * to_unit(hash_coords(self.key[_S_EPIPHASE], gy, gx)),
+            "gy": gy,
+            "gx": gx,
+        }
+
+    @staticmethod
+    def _gland_q(gl, i, dy, dx):
+        """Normalised radius q (outline at q = 1) and normalised axes of gland(s) i.
+
+        Parameters are cast to the offsets' dtype (float32 for pixel grids), as
+        numpy would otherwise promote the whole computation to float64.
+        """
+
+        def par(name):
+            return np.asarray(gl[name][..., i], dy.dtype)
+
+        c, s = par("cos"), par("sin")
+        un = dx * c + dy * s
+        un /= par("a")
+        vn = dy * c - dx * s
+        vn /= par("b")
+        rho = np.sqrt(un * un + vn * vn)
+        inv = 1 / np.maximum(rho, dy.dtype.type(1e-6))
+        return rho / _outline(par("harm"), un * inv, vn * inv), un, vn
+
+    def inside_glands(self, gl, y, x, margin=1.08):
+        """True for points (1-D arrays) inside any gland's outline scaled by `margin`."""
+        if len(gl["cy"]) == 0 or len(y) == 0:
+            return np.zeros(len(y), bool)
+        idx = np.arange(len(gl["cy"]))
+        q, _, _ = self._gland_q(gl, idx, y[:, None] - gl["cy"], x[:, None] - gl["cx"])
+        return (q < margin).any(axis=1)
+
+    def gland_maps(self, gl, ys, xs):
+        """Epithelium, lumen, cell-border and secretion maps of a window (or Nones)."""
+        h, w = len(ys), len(xs)
+        y0, x0 = ys[0], xs[0]
+        epi = lum = border = secr = None
+        for i in range(len(gl["cy"])):
+            cy, cx, ey, ex = gl["cy"][i], gl["cx"][i], gl["ext_y"][i], gl["ext_x"][i]
+            ya, yb = max(int(np.ceil(cy - ey - y0)), 0), min(int(np.floor(cy + ey - y0)) + 1, h)
+            xa, xb = max(int(np.ceil(cx - ex - x0)), 0), min(int(np.floor(cx + ex - x0)) + 1, w)
+            if ya >= yb or xa >= xb:
+                continue
+            if epi is None:
+                epi, lum, border, secr = (np.zeros((h, w), F32) for _ in range(4))
+            dy = (ys[ya:yb] - cy).astype(F32)[:, None]
+            dx = (xs[xa:xb] - cx).astype(F32)[None, :]
+            q, un, vn = self._gland_q(gl, i, dy, dx)
+            r = F32(gl["r_mean"][i])
+            outer = np.clip((1 - q) * r + F32(0.5), 0, 1)
+            inner = np.clip((F32(gl["q_in"][i]) - q) * r + F32(0.5), 0, 1)
+            outer -= inner
+            # Faint eosinophilic lines where neighbouring epithelial cells meet,
+            # midway between the nuclei placed by `epithelial_nuclei`.
+            theta = np.arctan2(vn, un)
+            theta -= F32(gl["phase"][i])
+            theta *= F32(gl["n_epi"][i])
+            line = np.cos(theta, out=theta)
+            line += F32(0.8)
+            line *= F32(-5.0)
+            np.clip(line, 0, 1, out=line)
+            line *= outer
+            sl = (slice(ya, yb), slice(xa, xb))
+            np.maximum(epi[sl], outer, out=epi[sl])
+            np.maximum(lum[sl], inner, out=lum[sl])
+            np.maximum(border[sl], line, out=border[sl])
+            if gl["secretion"][i]:
+                np.maximum(secr[sl], inner, out=secr[sl])
+        return epi, lum, border, secr
+
+    def epithelial_nuclei(self, gl) -> Nuclei:
+        """Columnar nuclei along each gland's epithelium, long axis radial."""
+        n_g = gl["n_epi"]
+        g = np.repeat(np.arange(len(n_g)), n_g)
+        k = np.arange(len(g)) - np.repeat(np.cumsum(n_g) - n_g, n_g)
+        u = uniforms(self.key[_S_EPI], 8, gl["gy"][g], gl["gx"][g], k)
+        theta = gl["phase"][g] + 2 * np.pi * (k + 0.3 * (u[:, 0] - 0.5)) / n_g[g]
+        thick = 1 - gl["q_in"][g]
+        # Basal position: about 40 % of the epithelium's thickness in from the outline.
+        qn = 1 - thick * (0.4 + 0.05 * (u[:, 1] - 0.5))
+        ct, st = np.cos(theta), np.sin(theta)
+        rr = qn * _outline(gl["harm"][:, g], ct, st)
+        uu, vv = gl["a"][g] * rr * ct, gl["b"][g] * rr * st
+        c, s = gl["cos"][g], gl["sin"][g]
+        dx, dy = uu * c - vv * s, uu * s + vv * c
+        norm = np.maximum(np.hypot(dx, dy), 1e-6)
+        a = np.minimum(self.px(_lerp(u[:, 2], *EPI_AXES_UM[0])), 0.45 * thick * gl["r_mean"][g])
+        nuc = Nuclei.make(
+            cy=gl["cy"][g] + dy,
+            cx=gl["cx"][g] + dx,
+            a=a,
+            b=a * _lerp(u[:, 3], *EPI_AXES_UM[1]),
+            cos=dx / norm,
+            sin=dy / norm,
+            h=_lerp(u[:, 4], 1.15, 1.65),
+            tex=0.55,
+            h2c=0.06 * (2 * u[:, 5] - 1),
+            h3c=0.05 * (2 * u[:, 6] - 1),
+            pos=u[:, 1],
+        )
+        return nuc.select(u[:, 7] > 0.08)  # a few nuclei lie outside the section plane
+
+    # --- scattered nuclei ----------------------------------------------------
+
+    def _cells(self, stream, cell_px, y0, y1, x0, x1, margin, n):
+        cy = np.arange(int(np.floor((y0 - margin) / cell_px)), int(np.floor((y1 + margin) / cell_px)) + 1)
+        cx = np.arange(int(np.floor((x0 - margin) / cell_px)), int(np.floor((x1 + margin) / cell_px)) + 1)
+        u = uniforms(self.key[stream], n, cy[:, None], cx[None, :]).reshape(-1, n)
+        cy = np.repeat(cy, len(cx))
+        cx = np.tile(cx, len(cy) // len(cx))
+        return (cy + u[:, 0]) * cell_px, (cx + u[:, 1]) * cell_px, u
+
+    def fibroblasts(self, y0, y1, x0, x1, margin, gl) -> Nuclei:
+        cy, cx, u = self._cells(_S_FIBRO, self.px(FIBRO_CELL_UM), y0, y1, x0, x1, margin, 10)
+        key, cell, _ = self.density.terms[0]
+        keep = u[:, 2] < 0.25 + 0.35 * value_noise_at(key, cy, cx, cell)
+        cy, cx, u = cy[keep], cx[keep], u[keep]
+        keep = ~self.inside_glands(gl, cy, cx)
+        cy, cx, u = cy[keep], cx[keep], u[keep]
+        ang = self.fibre_direction(cy, cx) + 0.35 * (u[:, 3] - 0.5)
+        a = self.px(_lerp(u[:, 4], *FIBRO_AXES_UM[0]))
+        return Nuclei.make(
+            cy=cy,
+            cx=cx,
+            a=a,
+            b=np.maximum(a * _lerp(u[:, 5], *FIBRO_AXES_UM[1]), self.px(1.1)),
+            cos=np.cos(ang),
+            sin=np.sin(ang),
+            h=_lerp(u[:, 6], 1.25, 1.85),
+            tex=0.3,
+            h3c=0.04 * (2 * u[:, 7] - 1),
+            taper=2.5,
+            bend=0.35 * (2 * u[:, 8] - 1),
+            pos=u[:, 9],
+        )
+
+    def lymphocytes(self, y0, y1, x0, x1, margin, gl) -> Nuclei:
+        cy, cx, u = self._cells(_S_LYMPH, self.px(LYMPH_CELL_UM), y0, y1, x0, x1, margin, 10)
+        infl = value_noise_at(self.key[_S_INFL], cy, cx, self.px(INFLAMMATION_UM))
+        keep = u[:, 2] < 0.012 + 0.7 * np.clip((infl - 0.62) / 0.2, 0, 1)
+        cy, cx, u = cy[keep], cx[keep], u[keep]
+        keep = ~self.inside_glands(gl, cy, cx)
+        cy, cx, u = cy[keep], cx[keep], u[keep]
+        ang = np.pi * u[:, 3]
+        a = self.px(_lerp(u[:, 4], *LYMPH_AXES_UM[0]))
+        return Nuclei.make(
+            cy=cy,
+            cx=cx,
+            a=a,
+            b=a * _lerp(u[:, 5], *LYMPH_AXES_UM[1]),
+            cos=np.cos(ang),
+            sin=np.sin(ang),
+            h=_lerp(u[:, 6], 1.6, 2.0),
+            tex=0.15,
+            h2c=0.04 * (2 * u[:, 7] - 1),
+            h3s=0.04 * (2 * u[:, 8] - 1),
+            pos=u[:, 9],
+        )
+
+
+class NucleusBatch:
+    """Nuclei of similar size, prepared once per block for `splat`."""
+
+    def __init__(self, nuc: Nuclei):
+        self.nuc = nuc
+        irr = np.abs(nuc.h2c) + np.abs(nuc.h2s) + np.abs(nuc.h3c) + np.abs(nuc.h3s)
+        # Coverage is zero beyond q = max(ring, 1) + 0.5 / radius; the outline
+        # factor is at most 1 + irr, so |un| <= lim; bending moves vn by at most
+        # |bend| * lim². Beyond `bound` in normalised units nothing is drawn.
+        lim = (np.maximum(nuc.ring, 1.0) + 0.5 / np.sqrt(nuc.a * nuc.b)) * (1 + irr)
+        lim_v = lim + np.abs(nuc.bend) * lim * lim
+        self.reach = np.hypot(nuc.a * lim, nuc.b * lim_v) + 0.5
+        self.bound = (1.0001 * (lim * lim + lim_v * lim_v)).astype(F32)
+        self.p32 = nuc.data.astype(F32)
+        self.inv_a = (1 / nuc.a).astype(F32)
+        self.inv_b = (1 / nuc.b).astype(F32)
+        self.rad = np.sqrt(nuc.a * nuc.b).astype(F32)
+        self.ring = np.maximum(nuc.ring, 1.0).astype(F32)
+        self.any_bend, self.any_taper = bool(nuc.bend.any()), bool(nuc.taper.any())
+        self.any_positive = bool(nuc.positive.any())
+
+    def __len__(self):
+        return len(self.nuc)
+
+
+def splat(batch: NucleusBatch, y0, x0, h, w, tex, out_h, out_a, pos_out=None):
+    """Composite nuclei into the window [y0, y0 + h) × [x0, x0 + w) by maximum.
+
+    out_h receives hematoxylin density, out_a nuclear coverage (both h × w),
+    pos_out (if given) the coverage of positive cells: their nucleus, or the
+    whole cell out to `ring` nuclear radii for membrane markers. Each call
+    evaluates square patches as large as its largest nucleus, so batches
+    should hold nuclei of similar size.
+    """
+    if len(batch) == 0:
+        return
+    nuc, reach = batch.nuc, batch.reach
+    near = np.nonzero(
+        (nuc.cy + reach >= y0) & (nuc.cy - reach < y0 + h)
+        & (nuc.cx + reach >= x0) & (nuc.cx - reach < x0 + w)
+    )[0]
+    if len(near) == 0:
+        return
+    cy, cx = nuc.cy[near], nuc.cx[near]
+    half = int(np.ceil(reach[near].max()))
+    off = np.arange(-half, half + 1)
+    iy = np.floor(cy).astype(np.int64)
+    ix = np.floor(cx).astype(np.int64)
+    py = iy[:, None] + off
+    px = ix[:, None] + off
+    dy = (py - cy[:, None]).astype(F32)
+    dx = (px - cx[:, None]).astype(F32)
+    # Pixels outside the window get a far offset and drop out below: rotation
+    # keeps u² + v² = dx² + dy², so their normalised radius is > 1e4 / max(a, b).
+    dy[(py < y0) | (py >= y0 + h)] = 1e4
+    dx[(px < x0) | (px >= x0 + w)] = 1e4
+    # Normalised coordinates along the nucleus' axes are sums of a per-row and
+    # a per-column term, so the whole patch costs one add each.
+    p = batch.p32[:, near]
+    cos, sin = p[Nuclei._INDEX["cos"]][:, None], p[Nuclei._INDEX["sin"]][:, None]
+    ia, ib = batch.inv_a[near][:, None], batch.inv_b[near][:, None]
+    un = (dy * (sin * ia))[:, :, None] + (dx * (cos * ia))[:, None, :]
+    vn = (dy * (cos * ib))[:, :, None] - (dx * (sin * ib))[:, None, :]
+    r2 = un * un
+    r2 += vn * vn
+    k, i, j = np.nonzero(r2 <= batch.bound[near][:, None, None])
+    if len(k) == 0:
+        return
+    un, vn = un[k, i, j], vn[k, i, j]
+    kn = near[k]
+
+    def per(name):  # a per-nucleus parameter at each kept pixel
+        return batch.p32[Nuclei._INDEX[name]][kn]
+
+    u2 = un * un
+    if batch.any_bend:
+        vn -= per("bend") * u2
+    rho2 = vn * vn
+    if batch.any_taper:
+        rho2 *= 1 + per("taper") * u2
+    rho2 += u2
+    rho = np.sqrt(rho2)
+    inv = 1 / np.maximum(rho, F32(1e-6))
+    un *= inv
+    vn *= inv
+    c2, s2, c3, s3 = _harmonics(un, vn)
+    c2 *= per("h2c")
+    s2 *= per("h2s")
+    c3 *= per("h3c")
+    s3 *= per("h3s")
+    c2 += s2
+    c2 += c3
+    c2 += s3
+    c2 += 1
+    q = np.divide(rho, c2, out=rho)
+    rad = batch.rad[kn]
+    alpha = (1 - q) * rad
+    alpha += F32(0.5)
+    np.clip(alpha, 0, 1, out=alpha)
+    flat = (iy[k] - y0 + off[i]) * w + (ix[k] - x0 + off[j])
+    tw = per("tex")
+    # Chromatin: granular texture, condensed a little under the nuclear membrane.
+    dens = tex.ravel()[flat]
+    dens *= 2 * tw
+    dens += 1 - tw
+    rim = q - F32(0.6)
+    rim *= F32(2.5)
+    np.clip(rim, 0, 1, out=rim)
+    rim *= F32(0.25)
+    rim += 1
+    dens *= rim
+    dens *= per("h")
+    dens *= alpha
+    np.maximum.at(out_h.ravel(), flat, dens)
+    np.maximum.at(out_a.ravel(), flat, alpha)
+    if pos_out is not None and batch.any_positive:
+        # With ring 0 (nuclear markers) the reach is 1: the nucleus' own coverage.
+        cov = batch.ring[kn] - q
+        cov *= rad
+        cov += F32(0.5)
+        np.clip(cov, 0, 1, out=cov)
+        cov *= per("positive")
+        np.maximum.at(pos_out.ravel(), flat, cov)

@@ -1,0 +1,370 @@
+"""Synthetic slides: procedural tissue rendered lazily with Beer–Lambert.
+
+The tissue is an infinite plane fixed by a seed: islands of tissue on white
+glass (the square within 1.5 mm of the origin is always tissue), fibrous
+eosinophilic stroma with spindle-shaped fibroblast nuclei, glands (a lumen
+ringed by columnar epithelial cells) and clusters of small round lymphocytes.
+A slide of shape (height, width) is the window of that plane starting at
+`origin`; every chunk is computed from global coordinates, so pixels do not
+depend on the chunking, the shape or the window: a crop of a big slide equals
+the same window rendered directly, bit for bit.
+
+Optical density convention: natural log, as in `napari_stainfuser.stain`,
+Macenko's reference code and torchstain: ``OD = -ln(I / Io)``. A pixel's OD is
+``C @ M`` for stain concentrations C (one per stain) and a stain matrix M whose
+rows are unit OD vectors, so ``I = Io * exp(-(C @ M))``, rounded to uint8;
+glass (C = 0) is exactly ``round(Io)``. `OD_BASE` records the base. (The stain
+module decodes with ``-ln((I + 1) / Io)`` to keep black finite; that shifts OD
+by ln(1 + 1/I), under 0.005 for I >= 200.)
+
+API (shapes are (height, width); all arrays are lazy dask arrays)::
+
+    t = SyntheticTissue(seed=0, mpp=0.5)
+    t.concentrations(shape)            # Y×X×2 float32: hematoxylin, eosin
+    t.render_he(shape, stain_matrix=RUIFROK_HE, scale=1.0, io=240, noise=0.0)
+    t.ihc_concentrations(shape, marker="CD3")   # (Y×X×2 H, DAB; Y×X bool mask)
+    t.render_ihc(shape, marker="CD3")           # (Y×X×3 uint8, Y×X bool mask)
+    t.tissue_mask(shape)               # Y×X bool: tissue (True) or glass
+
+    synthetic_he(shape, seed)                        # Y×X×3 uint8
+    synthetic_pair(shape, seed, matrix_a, matrix_b)  # two pixel-aligned renderings
+    synthetic_ihc(shape, seed, marker)               # (rgb, true-cell mask)
+    render(concentrations, stain_matrix, ...)        # Beer–Lambert on any C array
+
+Every method also takes ``chunks`` (int or (rows, cols), default 512) and
+``origin`` (the window's top-left corner in the plane, default (0, 0)).
+IHC markers (`MARKERS`): CD3 (membrane of 75 % of lymphocytes), CK8/18
+(cytoplasm of gland epithelium), Ki67 (nuclei of 30 % of epithelial cells and
+lymphocytes). The mask marks the stained cells' pixels.
+"""
+
+import dask.array as da
+import numpy as np
+from dask.array.core import normalize_chunks
+from dask.base import tokenize
+
+from ..errors import ParameterError
+from ..stain.matrices import RUIFROK_HDAB, RUIFROK_HE, stain_matrix as _stain_matrix
+from ._procedural import pixel_hashes, stream_key
+from ._staining import MARKERS as _MARKER_SPECS
+from ._staining import he_block, ihc_block, strips
+from ._tissue import TissueModel
+
+__all__ = [
+    "MACENKO_REFERENCE_HE",
+    "MARKERS",
+    "OD_BASE",
+    "SyntheticTissue",
+    "concentrations_to_rgb",
+    "render",
+    "synthetic_he",
+    "synthetic_ihc",
+    "synthetic_pair",
+]
+
+OD_BASE = float(np.e)
+MARKERS = tuple(_MARKER_SPECS)
+
+# H&E reference vectors of Macenko et al.'s reference implementation (torchstain's
+# HERef): a second, realistic H&E matrix for pixel-aligned pairs.
+MACENKO_REFERENCE_HE = _stain_matrix([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]])
+
+_LN_BASE = np.log(OD_BASE)
+_NOISE_STREAM = 1000
+
+
+def _check_shape(shape):
+    try:
+        h, w = (int(s) for s in shape)
+        ok = len(tuple(shape)) == 2 and h > 0 and w > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ParameterError(f"shape must be (height, width) with positive ints, got {shape!r}")
+    return h, w
+
+
+def _check_pair(value, name):
+    try:
+        a, b = (value, value) if np.ndim(value) == 0 else tuple(value)
+        a, b = int(a), int(b)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    return a, b
+
+
+def _chunks(chunks, shape, n):
+    cy, cx = _check_pair(chunks, "chunks")
+    if cy <= 0 or cx <= 0:
+        raise ParameterError(f"chunks must be positive, got {chunks!r}")
+    return normalize_chunks((cy, cx, n), shape + (n,))
+
+
+def _check_io(io):
+    v = np.broadcast_to(np.asarray(io, dtype=np.float64), (3,))
+    if not np.all(np.isfinite(v)) or np.any(v <= 0) or np.any(v > 255):
+        raise ParameterError(f"io (background intensity) must be in (0, 255], got {io!r}")
+    return v
+
+
+def _check_scale(scale, n):
+    try:
+        v = np.broadcast_to(np.asarray(scale, dtype=np.float64), (n,))
+    except ValueError:
+        raise ParameterError(f"scale needs 1 or {n} values (one per stain), got {scale!r}") from None
+    if not np.all(np.isfinite(v)) or np.any(v < 0):
+        raise ParameterError(f"scale must be finite and non-negative, got {scale!r}")
+    return v
+
+
+def _check_marker(marker):
+    for m in MARKERS:
+        if str(marker).lower() == m.lower():
+            return m
+    raise ParameterError(f"IHC marker {marker!r} is unknown; valid: {', '.join(MARKERS)}")
+
+
+def concentrations_to_rgb(
+    conc, stain_matrix, scale=1.0, io=240.0, noise=0.0, seed=0, noise_stream=0, origin=(0, 0)
+) -> np.ndarray:
+    """Beer–Lambert for an in-memory Y×X×n concentration array -> Y×X×3 uint8.
+
+    ``I = io * exp(-((scale * C) @ M))``, plus sensor noise of standard
+    deviation `noise` (intensity units, hashed from `seed`, `noise_stream` and
+    the global coordinates ``origin + (row, col)``), rounded half up, clipped.
+    """
+    m = _stain_matrix(stain_matrix)
+    conc = np.asarray(conc)
+    if conc.ndim != 3 or conc.shape[-1] != m.shape[0]:
+        raise ParameterError(
+            f"concentrations must be Y×X×{m.shape[0]} for a {m.shape[0]}-stain matrix, "
+            f"got shape {conc.shape}"
+        )
+    ms = (_check_scale(scale, m.shape[0])[:, None] * m * -_LN_BASE).astype(np.float32)
+    io_v = _check_io(io).astype(np.float32)
+    sigma = _check_noise(noise)
+    oy, ox = _check_pair(origin, "origin")
+    h, w = conc.shape[:2]
+    out = np.empty((h, w, 3), np.uint8)
+    for s0, s1 in strips(0, h, w):
+        c = conc[s0:s1]
+        nz = _noise(seed, noise_stream, s0 + oy, s1 + oy, ox, ox + w, sigma) if sigma else None
+        for ch in range(3):
+            # A fixed float32 formula per pixel, whatever the chunk or strip.
+            od = c[..., 0] * ms[0, ch]
+            for st in range(1, m.shape[0]):
+                od += c[..., st] * ms[st, ch]
+            i = np.exp(od, out=od)
+            i *= io_v[ch]
+            if nz is not None:
+                i += nz[..., ch]
+            i += np.float32(0.5)
+            np.clip(i, 0, 255, out=i)
+            out[s0:s1, :, ch] = i
+    return out
+
+
+def _check_noise(noise):
+    try:
+        sigma = float(noise)
+    except (TypeError, ValueError):
+        sigma = float("nan")
+    if not np.isfinite(sigma) or sigma < 0:
+        raise ParameterError(f"noise must be a non-negative standard deviation, got {noise!r}")
+    return sigma
+
+
+def _noise(seed, stream, y0, y1, x0, x1, sigma):
+    """Sensor noise hashed from global pixel coordinates, std = sigma per channel."""
+    ys, xs = np.arange(y0, y1), np.arange(x0, x1)
+    h = pixel_hashes(stream_key(seed, _NOISE_STREAM + stream), ys, xs)
+    out = np.empty(h.shape + (3,), np.float32)
+    k = np.float32(sigma * np.sqrt(6.0) / 1024.0)
+    ten = np.uint64(0x3FF)
+    for ch in range(3):
+        # Two 10-bit uniforms per channel from disjoint bits of one 64-bit hash;
+        # their sum is triangular on (-1, 1) with standard deviation 1 / sqrt(6).
+        a = ((h >> np.uint64(20 * ch)) & ten).astype(np.float32)
+        a += ((h >> np.uint64(20 * ch + 10)) & ten).astype(np.float32)
+        a -= np.float32(1023.0)
+        a *= k
+        out[..., ch] = a
+    return out
+
+
+def render(
+    concentrations,
+    stain_matrix,
+    scale=1.0,
+    io=240.0,
+    noise=0.0,
+    seed=0,
+    noise_stream=0,
+    origin=(0, 0),
+) -> da.Array:
+    """Render a lazy Y×X×n concentration array to a lazy Y×X×3 uint8 RGB array.
+
+    Same formula as `concentrations_to_rgb`, chunk by chunk; the noise is
+    hashed from global coordinates, so it too is independent of chunking.
+    """
+    m = _stain_matrix(stain_matrix)
+    conc = da.asarray(concentrations)
+    if conc.ndim != 3 or conc.shape[-1] != m.shape[0]:
+        raise ParameterError(
+            f"concentrations must be Y×X×{m.shape[0]} for a {m.shape[0]}-stain matrix, "
+            f"got shape {conc.shape}"
+        )
+    scale_v, io_v, sigma = _check_scale(scale, m.shape[0]), _check_io(io), _check_noise(noise)
+    oy, ox = _check_pair(origin, "origin")
+    if conc.chunks[2] != (m.shape[0],):
+        conc = conc.rechunk({2: -1})
+
+    def block(c, block_info=None):
+        (y0, _), (x0, _), _ = block_info[0]["array-location"]
+        return concentrations_to_rgb(
+            c, m, scale_v, io_v, sigma, seed, noise_stream, (y0 + oy, x0 + ox)
+        )
+
+    name = "synthetic-rgb-" + tokenize(conc.name, m, scale_v, io_v, sigma, seed, noise_stream, oy, ox)
+    return da.map_blocks(
+        block, conc, dtype=np.uint8, chunks=conc.chunks[:2] + ((3,),), name=name,
+        meta=np.empty((0, 0, 0), np.uint8),
+    )
+
+
+class SyntheticTissue:
+    """A seeded procedural tissue plane at `mpp` µm per pixel (see module docstring)."""
+
+    def __init__(self, seed: int = 0, mpp: float = 0.5):
+        if not isinstance(seed, (int, np.integer)):
+            raise ParameterError(f"seed must be an int, got {seed!r}")
+        try:
+            ok = np.isfinite(mpp) and 0.05 <= mpp <= 100.0
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ParameterError(f"mpp must be a number in [0.05, 100] µm/px, got {mpp!r}")
+        self.seed = int(seed)
+        self.mpp = float(mpp)
+        self._model = TissueModel(self.seed, self.mpp)
+
+    def __repr__(self):
+        return f"SyntheticTissue(seed={self.seed}, mpp={self.mpp})"
+
+    def _lazy(self, kind, fn, shape, n, chunks, origin, dtype=np.float32, token=()):
+        shape = _check_shape(shape)
+        oy, ox = _check_pair(origin, "origin")
+        chunks = _chunks(chunks, shape, n)
+
+        def block(block_info=None):
+            (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
+            return fn(y0 + oy, y1 + oy, x0 + ox, x1 + ox)
+
+        token = tokenize(self.seed, self.mpp, kind, shape, chunks, oy, ox, *token)
+        return da.map_blocks(
+            block, chunks=chunks, dtype=dtype, name=f"synthetic-{kind}-{token}",
+            meta=np.empty((0, 0, 0), dtype),
+        )
+
+    def concentrations(self, shape, chunks=512, origin=(0, 0)) -> da.Array:
+        """H&E stain concentrations, Y×X×2 float32 (hematoxylin, eosin), OD units."""
+        model = self._model
+        return self._lazy("he", lambda *w: he_block(model, *w), shape, 2, chunks, origin)
+
+    def ihc_concentrations(self, shape, marker="CD3", chunks=512, origin=(0, 0)):
+        """(Y×X×2 float32 hematoxylin and DAB concentrations, Y×X bool true-cell mask)."""
+        marker, model = _check_marker(marker), self._model
+        both = self._lazy(
+            f"ihc-{marker}", lambda *w: ihc_block(model, marker, *w), shape, 3, chunks, origin
+        )
+        return both[..., :2], both[..., 2] > 0.5
+
+    def tissue_mask(self, shape, chunks=512, origin=(0, 0)) -> da.Array:
+        """Y×X bool: True where the tissue coverage is at least one half."""
+        model = self._model
+
+        def fn(y0, y1, x0, x1):
+            ys, xs = np.arange(y0, y1, dtype=float), np.arange(x0, x1, dtype=float)
+            return (model.tissue(ys, xs) >= 0.5)[..., None]
+
+        return self._lazy("tissue", fn, shape, 1, chunks, origin, dtype=bool)[..., 0]
+
+    def _render(self, kind, conc_fn, shape, stain_matrix, scale, io, noise, chunks, origin,
+                noise_stream):
+        m = _stain_matrix(stain_matrix)
+        scale_v, io_v, sigma = _check_scale(scale, m.shape[0]), _check_io(io), _check_noise(noise)
+        seed = self.seed
+
+        def fn(y0, y1, x0, x1):
+            # Concentrations and rendering in one task: no float block between tasks.
+            conc = conc_fn(y0, y1, x0, x1)[..., : m.shape[0]]
+            return concentrations_to_rgb(conc, m, scale_v, io_v, sigma, seed, noise_stream, (y0, x0))
+
+        token = (m, scale_v, io_v, sigma, noise_stream)
+        return self._lazy(kind, fn, shape, 3, chunks, origin, np.uint8, token)
+
+    def render_he(
+        self, shape, stain_matrix=RUIFROK_HE, scale=1.0, io=240.0, noise=0.0, chunks=512,
+        origin=(0, 0), noise_stream=0,
+    ) -> da.Array:
+        """The tissue in H&E, Y×X×3 uint8 (Beer–Lambert with a 2-stain `stain_matrix`)."""
+        model = self._model
+        return self._render(
+            "he-rgb", lambda *w: he_block(model, *w), shape, stain_matrix, scale, io, noise,
+            chunks, origin, noise_stream,
+        )
+
+    def pyramid_he(self, shape, min_size=1024, chunks=512, origin=(0, 0), **kw) -> list:
+        """Multiscale H&E: level k is the same tissue rendered directly at mpp · 2**k.
+
+        No level is computed from another, so showing a zoomed-out view costs
+        only the pixels shown. Level shapes halve (rounding down, as
+        `pyramid.downsample2x`) while the long side exceeds `min_size`; level k
+        starts at ``origin // 2**k``. Finer-than-pixel patterns (fibres, chromatin)
+        fade to their mean at coarse levels instead of aliasing. `kw` goes to
+        `render_he`.
+        """
+        h, w = _check_shape(shape)
+        oy, ox = _check_pair(origin, "origin")
+        levels, k = [], 0
+        while True:
+            t = self if k == 0 else SyntheticTissue(self.seed, self.mpp * 2**k)
+            f = 2**k
+            levels.append(t.render_he((h // f, w // f), chunks=chunks, origin=(oy // f, ox // f), **kw))
+            if max(h // f, w // f) <= min_size or min(h // f, w // f) < 2:
+                return levels
+            k += 1
+
+    def render_ihc(
+        self, shape, marker="CD3", stain_matrix=RUIFROK_HDAB, scale=1.0, io=240.0, noise=0.0,
+        chunks=512, origin=(0, 0), noise_stream=0,
+    ):
+        """(Y×X×3 uint8 H-DAB rendering, Y×X bool mask of the marker-positive cells)."""
+        conc, mask = self.ihc_concentrations(shape, marker, chunks, origin)
+        rgb = render(conc, stain_matrix, scale, io, noise, self.seed, noise_stream, origin)
+        return rgb, mask
+
+
+def synthetic_he(shape=(20000, 20000), seed=0, chunks=512, mpp=0.5, **kw) -> da.Array:
+    """A lazy synthetic H&E slide; `kw` goes to `SyntheticTissue.render_he`."""
+    return SyntheticTissue(seed, mpp).render_he(shape, chunks=chunks, **kw)
+
+
+def synthetic_pair(
+    shape=(2048, 2048), seed=0, matrix_a=RUIFROK_HE, matrix_b=MACENKO_REFERENCE_HE,
+    scale_a=1.0, scale_b=1.0, io=240.0, noise=0.0, chunks=512, origin=(0, 0), mpp=0.5,
+):
+    """The same tissue rendered with two stain matrices / scales: pixel-aligned (a, b).
+
+    With noise, a and b get independent noise (streams 0 and 1).
+    """
+    t = SyntheticTissue(seed, mpp)
+    conc = t.concentrations(shape, chunks, origin)
+    a = render(conc, matrix_a, scale_a, io, noise, seed, 0, origin)
+    b = render(conc, matrix_b, scale_b, io, noise, seed, 1, origin)
+    return a, b
+
+
+def synthetic_ihc(shape=(4096, 4096), seed=0, marker="CD3", chunks=512, mpp=0.5, **kw):
+    """A lazy synthetic H-DAB slide and its true-cell mask: (rgb, mask)."""
+    return SyntheticTissue(seed, mpp).render_ihc(shape, marker, chunks=chunks, **kw)

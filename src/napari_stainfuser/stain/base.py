@@ -1,0 +1,426 @@
+"""The shared machinery of the classical normalizers.
+
+Each normalizer keeps two sets of statistics: the *target*'s (what the output
+should look like; saved in presets) and the *source*'s (what the input looks
+like). ``fit_source`` fixes the source statistics once for a whole slide, so
+every tile is transformed with the same numbers; without it, ``transform``
+estimates them from each image it is given (each image of a batch on its
+own), which is what torchstain and tiatoolbox always do and what makes them
+drift from tile to tile.
+
+When source statistics are fixed and the input is uint8, the transform is a
+lookup in a 256³ table built once from the method's per-pixel map
+(:mod:`.lut`); float input, or uint8 input without fixed source statistics,
+is computed directly by the same map. Subclasses implement only
+``_estimate`` (pixels -> statistics) and ``_map`` (pixels -> pixels).
+"""
+
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import ParameterError, StainEstimationError
+from ..stainer import StainerSpec, StainResult
+from ._threads import run_all, single_threaded
+from .density import DEFAULT_IO, check_io
+from .lut import apply_lut, apply_lut_torch, build_lut
+from .sampling import DEFAULT_MAX_PIXELS, describe, tissue_pixels
+from .tissue import DEFAULT_MAX_SIDE
+
+PRESET_FORMAT = "napari-stainfuser stain preset"
+PRESET_VERSION = 1
+# Pixels per job of the direct computation: a few MB of float32 per plane,
+# small enough to stay in cache and to spread over the workers.
+_CHUNK = 1 << 18
+
+State = dict[str, torch.Tensor]
+
+
+def mix(m, x: torch.Tensor) -> torch.Tensor:
+    """``m @ x`` for a small matrix ``m`` (j×i) and planar pixels ``x`` (i×N).
+
+    Written as scalar multiply-adds over contiguous channel planes rather than
+    a BLAS matmul: each pixel then gets exactly the same arithmetic whatever
+    the batch size, which keeps the lookup table and the direct computation
+    identical, and planes are faster than strided N×3 columns.
+    """
+    m = m.tolist() if isinstance(m, (torch.Tensor, np.ndarray)) else m
+    rows = []
+    for coeffs in m:
+        acc = x[0] * coeffs[0]
+        for i in range(1, len(coeffs)):
+            acc += x[i] * coeffs[i]
+        rows.append(acc)
+    return torch.stack(rows)
+
+
+def nearest_percentile(t: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q``-th percentile of a 1-D tensor without interpolation (the order
+    statistic of rank ``1 + round(q/100 * (n - 1))``, as torchstain takes it)."""
+    k = 1 + round(0.01 * float(q) * (t.numel() - 1))
+    return t.kthvalue(k).values
+
+
+def _check_number(value, name: str, lo: float, hi: float, *, lo_open=False, hi_open=False):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be a number, got {value!r}") from None
+    bad_lo = v <= lo if lo_open else v < lo
+    bad_hi = v >= hi if hi_open else v > hi
+    if not np.isfinite(v) or bad_lo or bad_hi:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ParameterError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
+    return v
+
+
+class StainNormalizer:
+    """Base class: fit a target, optionally fix the source, transform images.
+
+    Common parameters:
+        io: background (incident light) intensity for optical density.
+        max_pixels: most tissue pixels a fit uses (a seeded random sample).
+        max_side: longest side of the slide overview that slides are fitted on.
+        min_tissue_pixels: fewer usable tissue pixels than this and the
+            statistics are not estimated (:class:`StainEstimationError`).
+        seed: seed for pixel sampling (and Vahadane's dictionary learning).
+        lut: use the 256³ lookup table for uint8 input when source statistics
+            are fixed; None (default) decides automatically (yes), False never.
+        tile_size, batch_size, device: what :attr:`spec` reports to the tiler.
+    """
+
+    name: ClassVar[str] = ""
+    # Names of the method-specific constructor parameters (saved in presets).
+    method_params: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        io: float = DEFAULT_IO,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_side: int = DEFAULT_MAX_SIDE,
+        min_tissue_pixels: int = 500,
+        seed: int = 0,
+        lut: bool | None = None,
+        tile_size: int = 512,
+        batch_size: int = 8,
+        device: str = "cpu",
+    ):
+        self.io = check_io(io)
+        self.max_pixels = int(_check_number(max_pixels, "max_pixels", 1, 1 << 30))
+        self.max_side = int(_check_number(max_side, "max_side", 16, 1 << 20))
+        self.min_tissue_pixels = int(_check_number(min_tissue_pixels, "min_tissue_pixels", 1, 1 << 30))
+        self.seed = int(seed)
+        self.lut = lut
+        self.tile_size = int(_check_number(tile_size, "tile_size", 1, 1 << 16))
+        self.batch_size = int(_check_number(batch_size, "batch_size", 1, 1 << 16))
+        self.device = str(device)
+        self.target_state: State | None = None
+        self.target_name: str | None = None
+        self.source_state: State | None = None
+        self.source_name: str | None = None
+        self._lock = threading.Lock()
+        self._table: np.ndarray | None = None
+        self._device_tables: dict[str, torch.Tensor] = {}
+
+    # -- what subclasses provide -------------------------------------------------
+
+    def _estimate(self, pixels: torch.Tensor, name: str) -> State:
+        """Statistics (float64 CPU tensors) from N×3 uint8 tissue pixels."""
+        raise NotImplementedError
+
+    def _map(self, rgb: torch.Tensor, src: State, tgt: State) -> torch.Tensor:
+        """Planar pixels 3×N (uint8, or float32 on the 0..255 scale) to float32
+        0..255 (3×N). Must be per-pixel: no statistic of ``rgb`` may be used."""
+        raise NotImplementedError
+
+    # -- parameters and protocol ---------------------------------------------------
+
+    def get_params(self) -> dict[str, Any]:
+        """The method parameters a preset records."""
+        out = {"io": self.io}
+        for k in self.method_params:
+            v = getattr(self, k)
+            out[k] = v.tolist() if isinstance(v, np.ndarray) else v
+        return out
+
+    @property
+    def spec(self) -> StainerSpec:
+        return StainerSpec(
+            tile_size=self.tile_size,
+            overlap=0,
+            mpp=None,
+            per_pixel=True,
+            deterministic=True,
+            device=self.device,
+            batch_size=self.batch_size,
+        )
+
+    def stain(self, tiles: torch.Tensor, noise: torch.Tensor | None = None) -> StainResult:
+        """Stainer protocol: transform a B×3×H×W batch (``noise`` is ignored)."""
+        return StainResult(self.transform(tiles))
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.target_state is not None
+
+    def __repr__(self) -> str:
+        p = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({p}; target={self.target_name!r}, source={self.source_name!r})"
+
+    # -- fitting -------------------------------------------------------------------
+
+    def _fit_stats(self, source, name: str | None, default: str) -> tuple[State, str]:
+        label = describe(source, name, default)
+        px = tissue_pixels(
+            source,
+            name=label,
+            max_pixels=self.max_pixels,
+            max_side=self.max_side,
+            seed=self.seed,
+        )
+        if len(px) < self.min_tissue_pixels:
+            raise StainEstimationError(
+                f"{label}: too little tissue to estimate stains "
+                f"({len(px)} tissue pixels, need {self.min_tissue_pixels})"
+            )
+        state = single_threaded(self._estimate, torch.from_numpy(px), label)
+        for k, v in state.items():
+            if not torch.isfinite(v).all():
+                raise StainEstimationError(f"{label}: stain statistic {k!r} is not finite")
+        return state, label
+
+    def fit(self, target, name: str | None = None) -> "StainNormalizer":
+        """Fit the target statistics on an H×W×3 uint8 image, a list of them, or
+        a slide (tissue pixels of its low-resolution overview). ``name`` is used
+        in error messages (default: "target image", or the slide's path)."""
+        state, label = self._fit_stats(target, name, "target image")
+        with self._lock:
+            self.target_state, self.target_name = state, label
+            self._invalidate()
+        return self
+
+    def fit_source(self, source, name: str | None = None) -> "StainNormalizer":
+        """Fix the source statistics once (per slide): afterwards every image or
+        tile is transformed with these, never with its own."""
+        state, label = self._fit_stats(source, name, "source image")
+        with self._lock:
+            self.source_state, self.source_name = state, label
+            self._invalidate()
+        return self
+
+    def reset_source(self) -> "StainNormalizer":
+        """Forget fixed source statistics (back to per-image estimation)."""
+        with self._lock:
+            self.source_state, self.source_name = None, None
+            self._invalidate()
+        return self
+
+    def _invalidate(self) -> None:
+        self._table = None
+        self._device_tables = {}
+
+    # -- transforming ----------------------------------------------------------------
+
+    def transform(self, x):
+        """Normalize an H×W×3 numpy image (uint8, or float in [0, 1]) or a
+        B×3×H×W torch tensor (uint8, or float in [0, 1]); returns the same type,
+        dtype, shape and device."""
+        if self.target_state is None:
+            raise ParameterError(
+                f"{self.name} normalizer has no target: call fit(target) or load a preset first"
+            )
+        if isinstance(x, torch.Tensor):
+            return self._transform_torch(x)
+        if isinstance(x, np.ndarray):
+            return self._transform_numpy(x)
+        raise ParameterError(
+            f"x must be an H×W×3 numpy array or a B×3×H×W torch tensor, got {type(x).__name__}"
+        )
+
+    __call__ = transform
+
+    def _use_lut(self) -> bool:
+        return self.source_state is not None and self.lut is not False
+
+    def _lut(self) -> np.ndarray:
+        with self._lock:
+            if self._table is None:
+                src, tgt = self._consts(self.source_state, "cpu"), self._consts(self.target_state, "cpu")
+                self._table = build_lut(lambda rgb: _to_uint8(self._map(rgb, src, tgt)))
+            return self._table
+
+    def _lut_on(self, device: torch.device) -> torch.Tensor:
+        table = self._lut()
+        key = str(device)
+        with self._lock:
+            if key not in self._device_tables:
+                self._device_tables[key] = torch.from_numpy(table).to(device)
+            return self._device_tables[key]
+
+    @staticmethod
+    def _consts(state: State, device) -> State:
+        return {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()}
+
+    def _source_for(self, image_u8: np.ndarray) -> State:
+        if self.source_state is not None:
+            return self.source_state
+        px = tissue_pixels(image_u8, max_pixels=self.max_pixels, seed=self.seed)
+        if len(px) >= self.min_tissue_pixels:
+            try:
+                return single_threaded(self._estimate, torch.from_numpy(px), "image")
+            except StainEstimationError:
+                pass
+        # Nothing to estimate (background, a single colour): treat the image as
+        # already in the target's stain, so its few pixels pass nearly as is.
+        return self.target_state
+
+    def _direct(self, pixels: torch.Tensor, src: State) -> torch.Tensor:
+        """Map N×3 pixels (uint8 or float 0..255) in bounded-memory chunks."""
+        dev = pixels.device
+        s, t = self._consts(src, dev), self._consts(self.target_state, dev)
+        out = torch.empty(pixels.shape, dtype=torch.float32, device=dev)
+
+        def job(i: int) -> None:
+            with torch.inference_mode():
+                planes = pixels[i : i + _CHUNK].T.contiguous()
+                out[i : i + _CHUNK] = self._map(planes, s, t).T
+
+        starts = range(0, pixels.shape[0], _CHUNK)
+        if dev.type == "cpu":
+            run_all(job, starts)
+        else:
+            for i in starts:
+                job(i)
+        return out
+
+    def _transform_numpy(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 3 or x.shape[-1] != 3:
+            raise ParameterError(f"x: expected an H×W×3 RGB image, got shape {x.shape}")
+        if x.dtype == np.uint8:
+            if x.size == 0:
+                return x.copy()
+            if self._use_lut():
+                return apply_lut(self._lut(), x)
+            src = self._source_for(x)
+            flat = torch.from_numpy(np.ascontiguousarray(x).reshape(-1, 3))
+            return _to_uint8(self._direct(flat, src)).numpy().reshape(x.shape)
+        if np.issubdtype(x.dtype, np.floating):
+            _check_unit_range(x, "x")
+            if x.size == 0:
+                return x.copy()
+            scaled = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 3)) * 255.0
+            src = self._source_for(_quantize(scaled).numpy().reshape(x.shape))
+            out = (self._direct(scaled, src) / 255.0).clamp_(0.0, 1.0)
+            return out.numpy().reshape(x.shape).astype(x.dtype, copy=False)
+        raise ParameterError(f"x: expected uint8 or float in [0, 1], got dtype {x.dtype}")
+
+    def _transform_torch(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ParameterError(f"x: expected a B×3×H×W tensor, got shape {tuple(x.shape)}")
+        is_float = x.is_floating_point()
+        if not is_float and x.dtype != torch.uint8:
+            raise ParameterError(f"x: expected uint8 or float in [0, 1], got dtype {x.dtype}")
+        if is_float:
+            _check_unit_range(x, "x")
+        if x.numel() == 0:
+            return x.clone()
+        if not is_float and self._use_lut():
+            if x.device.type == "cpu":
+                hwc = x.permute(0, 2, 3, 1).numpy()
+                return torch.from_numpy(apply_lut(self._lut(), hwc)).permute(0, 3, 1, 2).contiguous()
+            return apply_lut_torch(self._lut_on(x.device), x)
+        out = torch.empty_like(x)
+        for b in range(x.shape[0]):
+            hwc = x[b].permute(1, 2, 0)
+            if is_float:
+                px = hwc.reshape(-1, 3).to(torch.float32) * 255.0
+                src = self._source_for(_quantize(px).cpu().numpy().reshape(hwc.shape))
+                res = (self._direct(px, src) / 255.0).clamp_(0.0, 1.0).to(x.dtype)
+            else:
+                px = hwc.reshape(-1, 3)
+                src = self._source_for(hwc.cpu().numpy())
+                res = _to_uint8(self._direct(px, src))
+            out[b] = res.reshape(hwc.shape).permute(2, 0, 1)
+        return out
+
+    # -- presets ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.target_state is None:
+            raise ParameterError(f"{self.name} normalizer has no target to save: call fit(target) first")
+        from .. import __version__
+
+        return {
+            "format": PRESET_FORMAT,
+            "version": PRESET_VERSION,
+            "method": self.name,
+            "params": self.get_params(),
+            "target": {k: v.tolist() for k, v in self.target_state.items()},
+            "target_name": self.target_name,
+            "napari_stainfuser": __version__,
+        }
+
+    def save(self, path) -> Path:
+        """Write the fitted target as a small JSON stain preset (atomically)."""
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def _set_target_from_preset(self, target: dict, source: str) -> None:
+        state = {}
+        expected = self._state_keys()
+        if set(target) != set(expected):
+            raise ParameterError(
+                f"{source}: target of a {self.name} preset must have keys {sorted(expected)}, "
+                f"got {sorted(target)}"
+            )
+        for k, shape in expected.items():
+            try:
+                v = torch.tensor(target[k], dtype=torch.float64)
+            except (TypeError, ValueError):
+                raise ParameterError(f"{source}: target {k!r} is not a list of numbers") from None
+            if (shape is not None and tuple(v.shape) != shape) or not torch.isfinite(v).all():
+                raise ParameterError(f"{source}: target {k!r} has shape {tuple(v.shape)} or non-finite values")
+            state[k] = v
+        self.target_state = state
+        self._invalidate()
+
+    def _state_keys(self) -> dict[str, tuple | None]:
+        """State entries and their shapes (None: any)."""
+        raise NotImplementedError
+
+
+def _to_uint8(v: torch.Tensor) -> torch.Tensor:
+    return v.add(0.5).floor_().clamp_(0.0, 255.0).to(torch.uint8)
+
+
+def _quantize(scaled: torch.Tensor) -> torch.Tensor:
+    return scaled.clamp(0.0, 255.0).add(0.5).floor_().to(torch.uint8)
+
+
+def _check_unit_range(x, name: str) -> None:
+    t = torch.as_tensor(x)
+    if t.numel() == 0:
+        return
+    lo, hi = float(t.min()), float(t.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0.0 or hi > 1.0:
+        raise ParameterError(
+            f"{name}: float input must be in [0, 1] (got values in [{lo:.4g}, {hi:.4g}]); "
+            "pass uint8 for 0..255 data"
+        )

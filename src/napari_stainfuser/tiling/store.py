@@ -1,0 +1,181 @@
+"""Where stained tiles live once computed: an in-memory LRU and a zarr on disk.
+
+:class:`ResultStore` keeps the most recently used tiles within a byte budget,
+so panning back over a region is instant and memory stays bounded.
+
+:class:`TileCache` keeps stained tiles of one :class:`~.plan.TilePlan` on disk
+as one zarr v3 array of shape (rows, cols, tile, tile, 3), one chunk per
+tile. zarr's local store writes each chunk under a temporary name and renames
+it, so a chunk file that exists is a complete tile: the set of chunk files is
+the set of finished tiles. That makes the cache survive a killed process, a
+new session (a region computed once is instant next time) and concurrent
+writers on different tiles. The cache records a fingerprint of everything
+that decides its pixels and refuses to be reopened for anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from ..errors import ParameterError, SlideWriteError
+
+FINGERPRINT_KEY = "napari_stainfuser_fingerprint"
+
+
+class ResultStore:
+    """A thread-safe LRU of numpy arrays bounded by total bytes."""
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return arr
+
+    def put(self, key: Hashable, arr: np.ndarray) -> None:
+        arr.setflags(write=False)  # shared between readers
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._items[key] = arr
+            self._bytes += arr.nbytes
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+class TileCache:
+    """Stained tiles of one plan in a zarr v3 store at ``path`` (see module doc)."""
+
+    def __init__(self, path: str | Path, array: zarr.Array, fingerprint: dict):
+        self.path = Path(path)
+        self.array = array
+        self.fingerprint = fingerprint
+        self.n_rows, self.n_cols, self.tile = (int(s) for s in array.shape[:3])
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        n_rows: int,
+        n_cols: int,
+        tile: int,
+        fingerprint: dict,
+        *,
+        compression_level: int = 1,
+    ) -> TileCache:
+        """Open the cache at ``path``, creating it if absent.
+
+        An existing cache whose fingerprint differs raises ParameterError
+        naming the first differing entries.
+        """
+        path = Path(path)
+        fingerprint = json.loads(json.dumps(fingerprint))  # as stored: lists, not tuples
+        try:
+            if path.exists():
+                group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+", zarr_format=3)
+                stored = group.attrs.get(FINGERPRINT_KEY)
+                if stored != fingerprint:
+                    raise ParameterError(
+                        f"{path}: tile cache belongs to another run ({_diff(stored, fingerprint)})"
+                    )
+                arr = group["tiles"]
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                group = zarr.open_group(zarr.storage.LocalStore(path), mode="w-", zarr_format=3)
+                arr = group.create_array(
+                    "tiles",
+                    shape=(n_rows, n_cols, tile, tile, 3),
+                    chunks=(1, 1, tile, tile, 3),
+                    dtype=np.uint8,
+                    fill_value=0,
+                    compressors=[ZstdCodec(level=compression_level)],
+                    config={"write_empty_chunks": True},
+                )
+                group.attrs[FINGERPRINT_KEY] = fingerprint
+        except OSError as e:
+            raise SlideWriteError(f"{path}: cannot use tile cache: {e.strerror or e}") from e
+        arr = arr.with_config({"write_empty_chunks": True})
+        if tuple(arr.shape) != (n_rows, n_cols, tile, tile, 3):
+            raise ParameterError(f"{path}: tile cache has shape {arr.shape}, expected another grid")
+        return cls(path, arr, fingerprint)
+
+    def _chunk_file(self, r: int, c: int) -> Path:
+        key = self.array.metadata.encode_chunk_key((r, c, 0, 0, 0))
+        return self.path / "tiles" / key
+
+    def has(self, r: int, c: int) -> bool:
+        return self._chunk_file(r, c).is_file()
+
+    def read(self, r: int, c: int) -> np.ndarray | None:
+        """The stored tile, or None if it was never written."""
+        if not self.has(r, c):
+            return None
+        return np.asarray(self.array[r, c])
+
+    def write(self, r: int, c: int, tile: np.ndarray) -> None:
+        try:
+            self.array[r, c] = tile
+        except OSError as e:
+            raise SlideWriteError(f"{self.path}: cannot write tile ({r}, {c}): {e.strerror or e}") from e
+
+    def done(self) -> set[tuple[int, int]]:
+        """All tiles on disk (one directory listing per row)."""
+        out = set()
+        for r in range(self.n_rows):
+            row_dir = self._chunk_file(r, 0).parent.parent.parent.parent
+            if not row_dir.is_dir():
+                continue
+            for entry in row_dir.iterdir():
+                if entry.name.isdigit() and self.has(r, int(entry.name)):
+                    out.add((r, int(entry.name)))
+        return out
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _diff(stored, wanted) -> str:
+    if not isinstance(stored, dict):
+        return "no fingerprint recorded"
+    keys = sorted(set(stored) | set(wanted))
+    diffs = [k for k in keys if stored.get(k) != wanted.get(k)]
+    return "differs in " + ", ".join(f"{k}: {stored.get(k)!r} != {wanted.get(k)!r}" for k in diffs[:3])

@@ -1,0 +1,75 @@
+"""Bad inputs give a one-line ParameterError naming the parameter, and no output."""
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_stainfuser.diffusion import StainFuser
+from napari_stainfuser.errors import ParameterError
+
+REF_DIR = Path(__file__).parents[1] / "data" / "stainfuser-reference"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return StainFuser.load(REF_DIR / "checkpoint.safetensors", steps=2)
+
+
+@contextlib.contextmanager
+def raises_one_line(match):
+    with pytest.raises(ParameterError, match=match) as info:
+        yield info
+    assert "\n" not in str(info.value)
+
+
+def test_tile_size_not_divisible_by_8(model):
+    model.set_target(np.full((64, 64, 3), 200, np.uint8))
+    with raises_one_line("tiles size 60×64 is not divisible by 8"):
+        model.stain(torch.zeros((1, 3, 60, 64), dtype=torch.uint8))
+    with raises_one_line("source size 64×36 is not divisible by 8"):
+        model.sample(torch.rand(1, 3, 64, 36), model.target_latents)
+    with raises_one_line("tile_size 60 is not divisible by 8"):
+        StainFuser.load(REF_DIR / "checkpoint.safetensors", tile_size=60)
+
+
+def test_target_smaller_than_latent_grid(model):
+    with raises_one_line(r"target 32×64 is smaller than the model's latent grid \(64×64 px"):
+        model.set_target(np.full((32, 64, 3), 200, np.uint8))
+    with raises_one_line("smaller than the model's latent grid"):
+        model.encode_target(torch.rand(1, 3, 56, 64))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_cuda(tmp_path):
+    # Refused before the (here nonexistent) weights are even looked at.
+    with raises_one_line("'cuda' requested but CUDA is not available"):
+        StainFuser.load(tmp_path / "missing.safetensors", device="cuda")
+    with raises_one_line("'cuda:1' requested but CUDA is not available"):
+        StainFuser.from_configs(REF_DIR, device="cuda:1")
+
+
+def test_other_bad_parameters(model):
+    with raises_one_line("unknown scheduler 'heun'"):
+        model.sample(torch.rand(1, 3, 64, 64), model.target_latents, scheduler="heun")
+    with raises_one_line(r"source must be in \[0, 1\]"):
+        model.sample(torch.rand(1, 3, 64, 64) * 255, model.target_latents)
+    with raises_one_line("tiles must be a uint8 torch tensor"):
+        model.stain(torch.rand(1, 3, 64, 64))
+    with raises_one_line("noise must have shape"):
+        model.stain(torch.zeros((1, 3, 64, 64), dtype=torch.uint8), noise=torch.zeros(1, 4, 4, 4))
+    with raises_one_line("precision 'fp16' needs CUDA"):
+        StainFuser.load(REF_DIR / "checkpoint.safetensors", precision="fp16")
+    fresh = StainFuser.load(REF_DIR / "checkpoint.safetensors")
+    with raises_one_line("no target set"):
+        fresh.stain(torch.zeros((1, 3, 64, 64), dtype=torch.uint8))
