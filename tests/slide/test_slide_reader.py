@@ -131,8 +131,10 @@ def test_no_pixels_read_until_computed(monkeypatch):
     assert reads.calls == []
     region.compute()
     assert len(reads.calls) == _tiles_touched(250, 490, 250, 731, 240) == 6
-    low.compute()  # level 2 is built from level 0: 400×400 px of it, i.e. 2×2 tiles
-    assert len(reads.calls) == 6 + 4
+    # Built level 2 keeps 240² chunks; its first chunk covers 960² of level 0 (4×4 tiles).
+    assert low.chunks[0][0] == 100 and slide.levels[2].chunks[0][0] == 240
+    low.compute()
+    assert len(reads.calls) == 6 + 16
 
 
 def test_levels_pickle_small_and_reopen_the_file():
@@ -188,10 +190,12 @@ def test_aperio_jpeg2000_svs(tmp_path, compression):
         np.testing.assert_array_equal(slide.associated[name].compute(), ref)
 
 
-def _ndpi_jpeg(img: np.ndarray) -> tuple[bytes, list[int]]:
+def _ndpi_jpeg(img: np.ndarray, subsampling: int) -> tuple[bytes, list[int]]:
     """A baseline JPEG with restart markers and the offset of each restart interval."""
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", quality=90, restart_marker_blocks=8)
+    Image.fromarray(img).save(
+        buf, "JPEG", quality=90, subsampling=subsampling, restart_marker_blocks=8
+    )
     data = buf.getvalue()
     sos = data.index(b"\xff\xda")
     start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
@@ -199,8 +203,8 @@ def _ndpi_jpeg(img: np.ndarray) -> tuple[bytes, list[int]]:
     return data, [start, *rst]
 
 
-def _write_ndpi_page(w, img, magnification, mpp):
-    data, starts = _ndpi_jpeg(img)
+def _write_ndpi_page(w, img, magnification, mpp, subsampling=2):
+    data, starts = _ndpi_jpeg(img, subsampling)
     w.write(
         iter([data]),
         shape=img.shape,
@@ -208,6 +212,7 @@ def _write_ndpi_page(w, img, magnification, mpp):
         photometric="ycbcr",
         compression="jpeg",
         rowsperstrip=img.shape[0],
+        subsampling=(1, 1) if subsampling == 0 else (2, 2),
         resolution=(1e4 / mpp, 1e4 / mpp),
         resolutionunit="CENTIMETER",
         metadata=None,
@@ -233,23 +238,34 @@ def test_ndpi_restart_marker_tiles(tmp_path):
     img = _tissue(512, 768)
     with tifffile.TiffWriter(path) as w:
         refs = [
-            _write_ndpi_page(w, img, 20.0, 0.456),
-            _write_ndpi_page(w, np.ascontiguousarray(img[::2, ::2]), 10.0, 0.912),
-            _write_ndpi_page(w, _tissue(64, 160, 5), -1.0, 20.0),  # macro
+            _write_ndpi_page(w, img, 20.0, 0.456, subsampling=0),  # 4:4:4
+            _write_ndpi_page(w, np.ascontiguousarray(img[::2, ::2]), 10.0, 0.912),  # 4:2:0
+            _write_ndpi_page(w, _tissue(64, 256, 5), -1.0, 20.0),  # macro
         ]
     with tifffile.TiffFile(path) as tif:
-        assert tif.is_ndpi and tif.pages[0].tile == (16, 128)
+        assert tif.is_ndpi and [p.tile for p in tif.pages] == [(8, 64), (16, 128), (16, 128)]
+        tifffile_levels = [p.asarray() for p in tif.pages]
     slide = open_slide(path)
     assert slide.format == "ndpi"
     assert slide.mpp == pytest.approx(0.456) and slide.magnification == 20
     assert slide.native_levels == 2
-    # 16-row restart-interval tiles are grouped (whole tiles) into 512-row chunks.
-    assert slide.levels[0].chunks[:2] == ((512,), (128,) * 6)
-    # Pillow decodes the whole JPEG; we decode restart intervals separately.
+    # 8-row restart-interval tiles are grouped (whole tiles) into 512-row chunks.
+    assert slide.levels[0].chunks[:2] == ((512,), (64,) * 12)
+    assert slide.levels[1].chunks[:2] == ((256,), (128,) * 3)
+    # 4:4:4 has no chroma upsampling, so tile-wise decoding equals Pillow's whole-image decode.
     np.testing.assert_array_equal(slide.levels[0].compute(), refs[0])
-    np.testing.assert_array_equal(slide.levels[1].compute(), refs[1])
     np.testing.assert_array_equal(slide.read_region(37, 101, 300, 500), refs[0][37:337, 101:601])
-    np.testing.assert_array_equal(slide.associated["macro"].compute(), refs[2])
+    # 4:2:0 chroma is upsampled within each tile: equal to tifffile's tile-wise decode,
+    # and to Pillow everywhere except the pixels on either side of a tile edge.
+    level1 = slide.levels[1].compute()
+    np.testing.assert_array_equal(level1, tifffile_levels[1])
+    interior = np.ones(level1.shape[:2], bool)
+    for edge in range(16, level1.shape[0], 16):
+        interior[edge - 1 : edge + 1] = False
+    for edge in range(128, level1.shape[1], 128):
+        interior[:, edge - 1 : edge + 1] = False
+    np.testing.assert_array_equal(level1[interior], refs[1][interior])
+    np.testing.assert_array_equal(slide.associated["macro"].compute(), tifffile_levels[2])
 
 
 def test_ome_tiff_subifd_pyramid(tmp_path):

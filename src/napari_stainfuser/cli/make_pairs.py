@@ -98,9 +98,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "again to resume."
         ),
     )
-    p.add_argument("--sources", nargs="+", required=True, help="tile folders, tiles or slides")
-    p.add_argument("--targets", nargs="+", required=True, help="tile folders, tiles or slides")
-    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument(
+        "--sources", nargs="+", required=True, metavar="PATH", help="tile folders, tiles or slides"
+    )
+    p.add_argument(
+        "--targets", nargs="+", required=True, metavar="PATH", help="tile folders, tiles or slides"
+    )
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--method", default="physics", choices=("physics", "nst"), help="(physics)")
     p.add_argument("--n-targets", type=int, default=8, help="targets chosen by k-means; 0: all (8)")
     p.add_argument(

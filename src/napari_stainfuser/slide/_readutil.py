@@ -71,7 +71,7 @@ def lazy_level(source: Any, chunks: tuple[int, int, int], *key: Any) -> da.Array
     )
 
 
-def chunk_for(tile: int, size: int, small: int = 128, target: int = 512) -> int:
+def chunk_for(tile: int, size: int, small: int = 32, target: int = 512) -> int:
     """Chunk length along one axis: the native tile, grouped when tiles are slivers.
 
     NDPI restart-marker tiles are 8 or 16 rows high and TIFF strips can be a

@@ -43,10 +43,21 @@ def _scaled(a, lo, span):
     return a
 
 
+# Mean hematoxylin of each population's nuclei (the middle of its range in
+# `_tissue`, times about 1.1 for chromatin condensed under the membrane), used
+# when nuclei are rendered as expected coverage.
+_MEAN_NUCLEAR_H = {"fibroblasts": 1.7, "lymphocytes": 2.0, "epithelium": 1.55}
+
+
 class _Features:
     """Glands and nuclei that can reach one block (generated once per block)."""
 
     def __init__(self, model: TissueModel, y0, y1, x0, x1, marker=None):
+        population, compartment, frac = MARKERS[marker] if marker else ((), None, None)
+        self.marks_cells = compartment in ("membrane", "nucleus")
+        self.marker = marker
+        if model.coarse:
+            return  # everything is computed per pixel
         m = model.px(NUCLEUS_MARGIN_UM) + NUCLEUS_MARGIN_PX
         self.glands = model.glands(y0 - m, y1 + m, x0 - m, x1 + m)
         nuclei = {
@@ -54,8 +65,6 @@ class _Features:
             "epithelium": model.epithelial_nuclei(self.glands),
             "lymphocytes": model.lymphocytes(y0, y1, x0, x1, m, self.glands),
         }
-        population, compartment, frac = MARKERS[marker] if marker else ((), None, None)
-        self.marks_cells = compartment in ("membrane", "nucleus")
         if self.marks_cells:
             ring = MEMBRANE_RING if compartment == "membrane" else None
             for name in population:
@@ -69,17 +78,42 @@ class _Strip:
 
     def __init__(self, model: TissueModel, feats: _Features, ys, xs, tm):
         h, w = len(ys), len(xs)
-        y0, x0 = int(ys[0]), int(xs[0])
         self.tm = tm
         self.tex = model.texture(ys, xs)
         self.dens = _scaled(model.density(ys, xs), 0.7, 0.6)
+        self.model, self.ys, self.xs = model, ys, xs
+        if model.coarse:
+            self.epi, self.lum, self.border, self.secr = model.gland_maps_dense(ys, xs)
+            self._expected_nuclei(feats)
+            return
+        y0, x0 = int(ys[0]), int(xs[0])
         self.nuc_h = np.zeros((h, w), F32)
         self.nuc_a = np.zeros((h, w), F32)
         self.pos = np.zeros((h, w), F32) if feats.marks_cells else None
         for batch in feats.batches:
             splat(batch, y0, x0, h, w, self.tex, self.nuc_h, self.nuc_a, self.pos)
         self.epi, self.lum, self.border, self.secr = model.gland_maps(feats.glands, ys, xs)
-        self.model, self.ys, self.xs = model, ys, xs
+
+    def _expected_nuclei(self, feats):
+        cov = self.model.expected_nuclei(self.ys, self.xs)
+        stroma = np.ones_like(cov["fibroblasts"])
+        if self.epi is not None:
+            stroma -= self.epi
+            stroma -= self.lum
+        cov["fibroblasts"] *= stroma
+        cov["lymphocytes"] *= stroma
+        cov["epithelium"] = (
+            F32(cov["epithelium"]) * self.epi if self.epi is not None else np.zeros_like(stroma)
+        )
+        self.nuc_a = sum(cov.values())
+        np.minimum(self.nuc_a, 1, out=self.nuc_a)
+        self.nuc_h = sum(F32(_MEAN_NUCLEAR_H[k]) * v for k, v in cov.items())
+        self.pos = None
+        if feats.marks_cells:
+            population, compartment, frac = MARKERS[feats.marker]
+            area = MEMBRANE_RING**2 if compartment == "membrane" else 1.0
+            self.pos = sum(cov[name] for name in population) * F32(frac * area)
+            np.minimum(self.pos, 1, out=self.pos)
 
     def fibres(self):
         return self.model.fibres(self.ys, self.xs)

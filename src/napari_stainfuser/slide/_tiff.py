@@ -33,6 +33,7 @@ import dask.array as da
 import numpy as np
 import tifffile
 
+from ..errors import SlideReadError
 from ._readutil import chunk_for, error, file_key, lazy_level, mpp_from_tiff_resolution, not_rgb
 from ._readutil import region as _region
 
@@ -413,7 +414,10 @@ def open_tiff(path: Path) -> TiffParts:
             photometric = int(page.photometric)
             if page.dtype != np.uint8 or photometric not in _RGB_PHOTOMETRIC | _GREY_PHOTOMETRIC:
                 continue  # not shown as an RGB picture; the slide itself is fine
-            source = TiffLevelSource(file, page, f"associated image '{name}'")
+            try:
+                source = TiffLevelSource(file, page, f"associated image '{name}'")
+            except SlideReadError:
+                continue  # a broken label or macro must not make the slide unreadable
             associated[name] = lazy_level(source, source.chunks, key, source.ifd)
         mpp, mag = _metadata(tif, fmt, levels[0].keyframe, main)
     return TiffParts(fmt, arrays, mpp, mag, associated, sources)
