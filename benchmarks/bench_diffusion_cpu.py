@@ -109,9 +109,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     model = StainFuser.load(
-        REF_DIR / "checkpoint.safetensors", config_dir=REF_DIR, steps=args.steps
+        REF_DIR / "checkpoint.safetensors",
+        config_dir=REF_DIR,
+        steps=args.steps,
+        tile_size=args.tile,  # the whole tile-sized target is used, as officially
+        batch_size=args.batch,
     )
-    model.batch_size = args.batch
     official = stock_networks(model.networks)
     gen = torch.Generator().manual_seed(0)
     tiles = torch.randint(0, 256, (args.batch, 3, args.tile, args.tile), generator=gen).to(

@@ -147,6 +147,7 @@ def main(argv=None) -> int:
         precision="fp16" if on_gpu else "fp32",
         batch_size=args.batch,
         steps=args.steps,
+        tile_size=tile,
         channels_last=on_gpu,
     )
     model.set_target(target_dev)

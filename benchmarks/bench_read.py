@@ -149,8 +149,10 @@ def run(path: Path, n: int, size: int, rounds: int, workers: int) -> float:
     tif_z.close()
 
     mp = n * size * size / 1e6
-    print(f"\n{path.name}: level 0 {level.shape[0]} × {level.shape[1]} (Y × X), tile "
-          f"{level.chunks[0][0]}², {n} regions of {size}², {workers} threads, best of {rounds} per region")
+    print(
+        f"\n{path.name}: level 0 {level.shape[0]} × {level.shape[1]} (Y × X), tile "
+        f"{level.chunks[0][0]}², {n} regions of {size}², {workers} threads, best of {rounds} per region"
+    )
     for name, seconds in best.items():
         print(f"  {name:20s} {mp / seconds:8.1f} MP/s   ({seconds * 1e3 / n:6.1f} ms/region)")
     anchor = min(best["tifffile tiles"], best["tifffile zarr"])
@@ -176,8 +178,10 @@ def main() -> None:
         print(f"\n(generated {big.name} in {time.perf_counter() - t0:.1f} s)")
         t0 = time.perf_counter()
         slide = open_slide(big)
-        print(f"open_slide of the 16,384² TIFF took {(time.perf_counter() - t0) * 1e3:.1f} ms "
-              f"({slide.levels[0].npartitions} level-0 chunks)")
+        print(
+            f"open_slide of the 16,384² TIFF took {(time.perf_counter() - t0) * 1e3:.1f} ms "
+            f"({slide.levels[0].npartitions} level-0 chunks)"
+        )
         ratios.append(run(big, args.regions, args.size, args.rounds, args.workers))
     print(f"\nworst ratio {min(ratios):.2f}x: {'PASS' if min(ratios) >= 0.9 else 'FAIL'}")
 

@@ -22,7 +22,7 @@ def test_reader_opens_cmu_as_multiscale_layer_in_um(make_napari_viewer):
     np.testing.assert_allclose(layer.scale, [0.499, 0.499])
     assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
     data = layer.data[0] if layer.multiscale else layer.data
-    assert data.shape == (2220, 2967, 3)
+    assert data.shape == (2967, 2220, 3)
     # The pixels napari shows are the file's pixels.
     with tifffile.TiffFile(CMU) as tif:
         expected = tif.pages[0].asarray()[1000:1100, 2000:2100]

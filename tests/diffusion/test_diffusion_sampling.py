@@ -143,3 +143,13 @@ def test_vae_tiling_for_large_tiles(monkeypatch, model, ref):
     assert len(calls) == 1
     # GroupNorm statistics are per piece, so values differ from a whole-tile decode.
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
+
+
+def test_target_between_grid_and_tile_is_used_whole(ref):
+    model = StainFuser.load(REF_DIR / "checkpoint.safetensors", tile_size=128)
+    target = torch.rand((3, 100, 84), generator=torch.Generator().manual_seed(4))
+    latents = model.set_target(target)
+    # Cropped only to multiples of 8 (96×80), centred: every latent token of the target.
+    crop = target[:, 2:98, 2:82].unsqueeze(0)
+    assert latents.shape == (1, 4, 12, 10)
+    torch.testing.assert_close(latents, model.encode_target(crop), rtol=0, atol=1e-6)

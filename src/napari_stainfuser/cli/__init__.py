@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slide", help="slide file or OME-Zarr directory")
     p.set_defaults(func=_cmd_info)
 
-    from . import demo, make_pairs, train
+    from . import demo, make_pairs, normalize, train
 
     demo.add_parser(sub)
+    normalize.add_parser(sub)
     train.add_parser(sub)
     make_pairs.add_parser(sub)
     return parser

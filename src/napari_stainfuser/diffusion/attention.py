@@ -71,19 +71,11 @@ def _cacheable(attn: Attention) -> bool:
     return attn.is_cross_attention and attn.spatial_norm is None and attn.group_norm is None
 
 
-def install_cached_processors(network: torch.nn.Module, prefix: str) -> list[str]:
-    """Give every attention layer of ``network`` a :class:`CachedKVAttnProcessor`.
-
-    Returns the names of the cross-attention layers whose keys/values can be cached.
-    """
-    cacheable = []
+def install_cached_processors(network: torch.nn.Module, prefix: str) -> None:
+    """Give every attention layer of ``network`` a :class:`CachedKVAttnProcessor`."""
     for name, module in network.named_modules():
         if isinstance(module, Attention):
-            full_name = f"{prefix}.{name}"
-            module.set_processor(CachedKVAttnProcessor(full_name))
-            if _cacheable(module):
-                cacheable.append(full_name)
-    return cacheable
+            module.set_processor(CachedKVAttnProcessor(f"{prefix}.{name}"))
 
 
 def cross_attention_kv(

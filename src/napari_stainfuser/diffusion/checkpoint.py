@@ -6,10 +6,10 @@ tensors is refused. Loading is strict: every missing or unexpected key and
 every shape mismatch is reported, unlike the official ``strict=False``.
 """
 
-import datetime
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -172,7 +172,7 @@ def save_checkpoint(model, directory: str | os.PathLike, metadata: dict | None =
         "weights": WEIGHTS_NAME,
         "layout": "official flat state dict (encoder., conditioner., noise_predictor.)",
         "parameters": sum(v.numel() for v in state.values()),
-        "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     record.update(metadata or {})
     write_json_atomic(directory / METADATA_NAME, record)

@@ -383,17 +383,19 @@ class StainFuser:
     def set_target(self, target) -> torch.Tensor:
         """Encode the style target once; every later :meth:`stain` call reuses it.
 
-        ``target`` is an RGB image (H×W×3 or 3×H×W, uint8 or float in [0, 1]). A
-        target larger than the model's latent grid (512² for SD2.1-base) is
-        centre-cropped to it, the size StainFuser was trained with; a smaller
-        one is refused. Returns the cached latents.
+        ``target`` is an RGB image (H×W×3 or 3×H×W, uint8 or float in [0, 1]).
+        It is centre-cropped to at most the tile size, as the official code pairs
+        each tile with a target of its own size (512² by default); a target
+        smaller than the model's latent grid (512² for SD2.1-base) is refused.
+        Returns the cached latents.
         """
         x = image_to_unit_tensor(target, "target")
         self._latent_grid_check(x)
-        need = self.networks.target_size
+        f = self.multiple_of
         h, w = x.shape[-2:]
-        top, left = (h - need) // 2, (w - need) // 2
-        x = x[..., top : top + need, left : left + need]
+        ch, cw = min(h, self.tile_size) // f * f, min(w, self.tile_size) // f * f
+        top, left = (h - ch) // 2, (w - cw) // 2
+        x = x[..., top : top + ch, left : left + cw]
         self._target_latents = self.encode_target(x)
         return self._target_latents
 

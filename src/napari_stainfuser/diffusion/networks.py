@@ -66,9 +66,7 @@ class StainFuserNetworks(nn.Module):
             ) from None
         latent_channels = vae.config.latent_channels
         width = unet.config.cross_attention_dim
-        if controlnet.config.controlnet_conditioning_channel_order != "rgb":
-            # A BGR flip would be applied to the precomputed embedding too.
-            raise CheckpointError("StainFuser's ControlNet takes RGB sources")
+        # from_unet keeps the RGB channel order, so no flip touches a precomputed embedding.
         controlnet.controlnet_cond_embedding.__class__ = PrecomputableConditioningEmbedding
         controlnet.encoder_projector = _projector(latent_channels, width)
         unet.encoder_projector = _projector(latent_channels, width)
@@ -76,9 +74,8 @@ class StainFuserNetworks(nn.Module):
         self.conditioner = controlnet
         self.noise_predictor = unet
         self.configs = configs
-        self.cached_layers = install_cached_processors(
-            controlnet, "conditioner"
-        ) + install_cached_processors(unet, "noise_predictor")
+        install_cached_processors(controlnet, "conditioner")
+        install_cached_processors(unet, "noise_predictor")
 
     @property
     def dtype(self) -> torch.dtype:

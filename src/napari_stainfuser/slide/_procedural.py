@@ -16,7 +16,8 @@ _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 # Odd multipliers, one per coordinate, that spread a coordinate over 64 bits
 # before the avalanche mix.
 _AXIS = tuple(
-    np.uint64(c) for c in (0xD6E8FEB86659FD93, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xFF51AFD7ED558CCD)
+    np.uint64(c)
+    for c in (0xD6E8FEB86659FD93, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xFF51AFD7ED558CCD)
 )
 _MASK64 = (1 << 64) - 1
 

@@ -24,10 +24,11 @@ import os
 import threading
 import weakref
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -266,7 +267,9 @@ def _check_rgb(path: Path, series: tifffile.TiffPageSeries, what: str) -> None:
     page = series.keyframe
     if page.dtype != np.uint8:
         raise not_rgb(path, f"{what} has {page.bitspersample}-bit {page.dtype} samples")
-    planes = [(a, n) for a, n in zip(series.axes, series.shape) if a not in "YXS" and n > 1]
+    planes = [
+        (a, n) for a, n in zip(series.axes, series.shape, strict=True) if a not in "YXS" and n > 1
+    ]
     if planes:
         dims = " × ".join(f"{n} {a}" for a, n in planes)
         kind = "multichannel (fluorescence?)" if any(a == "C" for a, _ in planes) else "multi-plane"
@@ -381,6 +384,20 @@ def _metadata(
     return mpp, mag
 
 
+def _no_image_reason(path: Path, size: int) -> str:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    order = "<" if head[:2] == b"II" else ">"
+    big = head[2:4] in (b"+\x00", b"\x00+")
+    offset = int.from_bytes(head[8:16] if big else head[4:8], "little" if order == "<" else "big")
+    if offset >= size:
+        return (
+            f"file is truncated or corrupt: the first image directory is at byte {offset} "
+            f"but the file has {size} bytes"
+        )
+    return "TIFF contains no readable image (corrupt image directory)"
+
+
 def open_tiff(path: Path) -> TiffParts:
     try:
         tif = tifffile.TiffFile(path)
@@ -393,10 +410,12 @@ def open_tiff(path: Path) -> TiffParts:
         except Exception as exc:
             raise error(path, f"corrupt TIFF structure ({type(exc).__name__}: {exc})") from exc
         if not series:
-            raise error(path, "TIFF contains no image")
+            raise error(path, _no_image_reason(path, tif.filehandle.size))
         candidates = [i for i, s in enumerate(series) if _associated_name(s) is None] or [0]
-        main = max(candidates, key=lambda i: (series[i].keyframe.imagelength *
-                                              series[i].keyframe.imagewidth, -i))
+        main = max(
+            candidates,
+            key=lambda i: (series[i].keyframe.imagelength * series[i].keyframe.imagewidth, -i),
+        )
         levels = _levels_from_series(series, main)
         file, key = _File(path), file_key(path)
         sources = []

@@ -58,6 +58,9 @@ FIBRE_WARP_UM = 45.0
 FIBRE_WARP_RAD = 24.0
 FIBRE_BLEND_UM = 260.0
 FIBRE_BUNDLE = 10  # fibre periods per bundle period (two bundles)
+# Mean of the bundle profile min(1, 3 |cos θ|) over θ, which it fades to when
+# bundles are finer than the pixels: 1 - 2a/π + (6/π)(1 - cos a), a = asin(1/3).
+_BUNDLE_MEAN = 1 - 2 * np.arcsin(1 / 3) / np.pi + 6 / np.pi * (1 - np.cos(np.arcsin(1 / 3)))
 
 # Granular texture (chromatin, cytoplasm) and stroma density, in µm.
 TEXTURE_CELLS_UM = (2.0, 1.0)
@@ -257,9 +260,9 @@ class TissueModel:
             b *= F32(3.0)
             np.minimum(b, 1, out=b)
             if self.bundle_detail < 1:
-                b -= 1
+                b -= F32(_BUNDLE_MEAN)
                 b *= F32(self.bundle_detail)
-                b += 1
+                b += F32(_BUNDLE_MEAN)
             f *= b
         blend = self.fibre_blend(ys, xs)
         blend -= F32(0.5)
@@ -306,7 +309,7 @@ class TissueModel:
         grow = 1 + 6 * GLAND_HARMONIC
         n_epi = np.maximum(8, np.round(2 * np.pi * r_mean * 0.85 / self.px(EPI_NUCLEUS_SPACING_UM)))
         return {
-            "present": u[:, 2] < 0.9 * np.clip((region - 0.4) / 0.2, 0, 1),
+            "present": u[:, 2] < 0.65 * np.clip((region - 0.4) / 0.2, 0, 1),
             "cy": cy,
             "cx": cx,
             "a": a,
@@ -467,8 +470,12 @@ class TissueModel:
     # --- scattered nuclei ----------------------------------------------------
 
     def _cells(self, stream, cell_px, y0, y1, x0, x1, margin, n):
-        cy = np.arange(int(np.floor((y0 - margin) / cell_px)), int(np.floor((y1 + margin) / cell_px)) + 1)
-        cx = np.arange(int(np.floor((x0 - margin) / cell_px)), int(np.floor((x1 + margin) / cell_px)) + 1)
+        cy = np.arange(
+            int(np.floor((y0 - margin) / cell_px)), int(np.floor((y1 + margin) / cell_px)) + 1
+        )
+        cx = np.arange(
+            int(np.floor((x0 - margin) / cell_px)), int(np.floor((x1 + margin) / cell_px)) + 1
+        )
         u = uniforms(self.key[stream], n, cy[:, None], cx[None, :]).reshape(-1, n)
         cy = np.repeat(cy, len(cx))
         cx = np.tile(cx, len(cy) // len(cx))
@@ -497,6 +504,7 @@ class TissueModel:
         its ellipse). Epithelial coverage is per unit of epithelium. Returns
         float32 maps {"fibroblasts", "lymphocytes"} and the scalar "epithelium".
         """
+
         def mean(r):
             return (r[0] + r[1]) / 2
 
@@ -599,8 +607,10 @@ def splat(batch: NucleusBatch, y0, x0, h, w, tex, out_h, out_a, pos_out=None):
         return
     nuc, reach = batch.nuc, batch.reach
     near = np.nonzero(
-        (nuc.cy + reach >= y0) & (nuc.cy - reach < y0 + h)
-        & (nuc.cx + reach >= x0) & (nuc.cx - reach < x0 + w)
+        (nuc.cy + reach >= y0)
+        & (nuc.cy - reach < y0 + h)
+        & (nuc.cx + reach >= x0)
+        & (nuc.cx - reach < x0 + w)
     )[0]
     if len(near) == 0:
         return

@@ -110,14 +110,17 @@ def _check_level(path: Path, array: zarr.Array, axes: list[str], k: int) -> None
         raise not_rgb(path, f"level {k} is greyscale")
     if channels not in (3, 4):
         raise not_rgb(path, f"level {k} is multichannel (fluorescence?): {channels} channels")
-    extra = [f"{n} {a}" for a, n in zip(axes, array.shape) if a not in "yxc" and n > 1]
+    extra = [f"{n} {a}" for a, n in zip(axes, array.shape, strict=True) if a not in "yxc" and n > 1]
     if extra:
         raise not_rgb(path, f"level {k} is multi-plane: {', '.join(extra)} planes")
 
 
 def _scale_mpp(meta: dict[str, Any], dataset: dict[str, Any], axes_meta: Any, x: int) -> Any:
     scale = 1.0
-    for transforms in (dataset.get("coordinateTransformations"), meta.get("coordinateTransformations")):
+    for transforms in (
+        dataset.get("coordinateTransformations"),
+        meta.get("coordinateTransformations"),
+    ):
         for t in transforms or []:
             if t.get("type") == "scale" and len(t.get("scale", [])) > x:
                 scale *= float(t["scale"][x])

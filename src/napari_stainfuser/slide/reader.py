@@ -6,6 +6,10 @@ high, are grouped to ~512 rows, still tile-aligned). Opening reads headers
 only; each chunk reads and decodes its own tiles when computed, so a corrupt
 tile fails alone, with its level and (y, x) position, as a ``SlideReadError``.
 
+``Slide.read_region`` returns the same pixels as computing a slice of a
+level, decoding the touched TIFF tiles in a thread pool without a dask graph
+(dask's per-task scheduling costs about as much as decoding a 240² tile).
+
 Formats are detected from the first bytes, not the extension: TIFF family
 (Aperio SVS incl. JPEG 2000, NDPI, OME-TIFF, generic tiled/pyramidal/plain
 TIFF) in ``_tiff``, OME-Zarr directories in ``_zarr``, PNG/JPEG in ``_plain``.
@@ -34,7 +38,6 @@ import dask.array as da
 import numpy as np
 
 from ..errors import ParameterError
-
 from ._plain import open_plain
 from ._readutil import error
 from ._tiff import TiffLevelSource, open_tiff
@@ -44,7 +47,7 @@ from .pyramid import MIN_LEVEL_SIZE, build_pyramid
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class Slide:
     """A whole-slide image opened lazily; nothing is decoded until computed."""
 

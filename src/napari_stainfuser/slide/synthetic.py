@@ -44,7 +44,8 @@ from dask.array.core import normalize_chunks
 from dask.base import tokenize
 
 from ..errors import ParameterError
-from ..stain.matrices import RUIFROK_HDAB, RUIFROK_HE, stain_matrix as _stain_matrix
+from ..stain.matrices import RUIFROK_HDAB, RUIFROK_HE
+from ..stain.matrices import stain_matrix as _stain_matrix
 from ._procedural import pixel_hashes, stream_key
 from ._staining import MARKERS as _MARKER_SPECS
 from ._staining import he_block, ihc_block, strips
@@ -62,7 +63,7 @@ __all__ = [
     "synthetic_pair",
 ]
 
-OD_BASE = float(np.e)
+OD_BASE = 10.0
 MARKERS = tuple(_MARKER_SPECS)
 
 # H&E reference vectors of Macenko et al.'s reference implementation (torchstain's
@@ -101,9 +102,14 @@ def _chunks(chunks, shape, n):
 
 
 def _check_io(io):
-    v = np.broadcast_to(np.asarray(io, dtype=np.float64), (3,))
+    try:
+        v = np.broadcast_to(np.asarray(io, dtype=np.float64), (3,))
+    except (TypeError, ValueError):
+        v = np.full(3, np.nan)
     if not np.all(np.isfinite(v)) or np.any(v <= 0) or np.any(v > 255):
-        raise ParameterError(f"io (background intensity) must be in (0, 255], got {io!r}")
+        raise ParameterError(
+            f"io (background intensity) must be one or three values in (0, 255], got {io!r}"
+        )
     return v
 
 
@@ -111,7 +117,9 @@ def _check_scale(scale, n):
     try:
         v = np.broadcast_to(np.asarray(scale, dtype=np.float64), (n,))
     except ValueError:
-        raise ParameterError(f"scale needs 1 or {n} values (one per stain), got {scale!r}") from None
+        raise ParameterError(
+            f"scale needs 1 or {n} values (one per stain), got {scale!r}"
+        ) from None
     if not np.all(np.isfinite(v)) or np.any(v < 0):
         raise ParameterError(f"scale must be finite and non-negative, got {scale!r}")
     return v
@@ -225,9 +233,15 @@ def render(
             c, m, scale_v, io_v, sigma, seed, noise_stream, (y0 + oy, x0 + ox)
         )
 
-    name = "synthetic-rgb-" + tokenize(conc.name, m, scale_v, io_v, sigma, seed, noise_stream, oy, ox)
+    name = "synthetic-rgb-" + tokenize(
+        conc.name, m, scale_v, io_v, sigma, seed, noise_stream, oy, ox
+    )
     return da.map_blocks(
-        block, conc, dtype=np.uint8, chunks=conc.chunks[:2] + ((3,),), name=name,
+        block,
+        conc,
+        dtype=np.uint8,
+        chunks=conc.chunks[:2] + ((3,),),
+        name=name,
         meta=np.empty((0, 0, 0), np.uint8),
     )
 
@@ -262,7 +276,10 @@ class SyntheticTissue:
 
         token = tokenize(self.seed, self.mpp, kind, shape, chunks, oy, ox, *token)
         return da.map_blocks(
-            block, chunks=chunks, dtype=dtype, name=f"synthetic-{kind}-{token}",
+            block,
+            chunks=chunks,
+            dtype=dtype,
+            name=f"synthetic-{kind}-{token}",
             meta=np.empty((0, 0, 0), dtype),
         )
 
@@ -289,8 +306,9 @@ class SyntheticTissue:
 
         return self._lazy("tissue", fn, shape, 1, chunks, origin, dtype=bool)[..., 0]
 
-    def _render(self, kind, conc_fn, shape, stain_matrix, scale, io, noise, chunks, origin,
-                noise_stream):
+    def _render(
+        self, kind, conc_fn, shape, stain_matrix, scale, io, noise, chunks, origin, noise_stream
+    ):
         m = _stain_matrix(stain_matrix)
         scale_v, io_v, sigma = _check_scale(scale, m.shape[0]), _check_io(io), _check_noise(noise)
         seed = self.seed
@@ -298,20 +316,37 @@ class SyntheticTissue:
         def fn(y0, y1, x0, x1):
             # Concentrations and rendering in one task: no float block between tasks.
             conc = conc_fn(y0, y1, x0, x1)[..., : m.shape[0]]
-            return concentrations_to_rgb(conc, m, scale_v, io_v, sigma, seed, noise_stream, (y0, x0))
+            return concentrations_to_rgb(
+                conc, m, scale_v, io_v, sigma, seed, noise_stream, (y0, x0)
+            )
 
         token = (m, scale_v, io_v, sigma, noise_stream)
         return self._lazy(kind, fn, shape, 3, chunks, origin, np.uint8, token)
 
     def render_he(
-        self, shape, stain_matrix=RUIFROK_HE, scale=1.0, io=240.0, noise=0.0, chunks=512,
-        origin=(0, 0), noise_stream=0,
+        self,
+        shape,
+        stain_matrix=RUIFROK_HE,
+        scale=1.0,
+        io=240.0,
+        noise=0.0,
+        chunks=512,
+        origin=(0, 0),
+        noise_stream=0,
     ) -> da.Array:
         """The tissue in H&E, Y×X×3 uint8 (Beer–Lambert with a 2-stain `stain_matrix`)."""
         model = self._model
         return self._render(
-            "he-rgb", lambda *w: he_block(model, *w), shape, stain_matrix, scale, io, noise,
-            chunks, origin, noise_stream,
+            "he-rgb",
+            lambda *w: he_block(model, *w),
+            shape,
+            stain_matrix,
+            scale,
+            io,
+            noise,
+            chunks,
+            origin,
+            noise_stream,
         )
 
     def pyramid_he(self, shape, min_size=1024, chunks=512, origin=(0, 0), **kw) -> list:
@@ -330,14 +365,24 @@ class SyntheticTissue:
         while True:
             t = self if k == 0 else SyntheticTissue(self.seed, self.mpp * 2**k)
             f = 2**k
-            levels.append(t.render_he((h // f, w // f), chunks=chunks, origin=(oy // f, ox // f), **kw))
+            levels.append(
+                t.render_he((h // f, w // f), chunks=chunks, origin=(oy // f, ox // f), **kw)
+            )
             if max(h // f, w // f) <= min_size or min(h // f, w // f) < 2:
                 return levels
             k += 1
 
     def render_ihc(
-        self, shape, marker="CD3", stain_matrix=RUIFROK_HDAB, scale=1.0, io=240.0, noise=0.0,
-        chunks=512, origin=(0, 0), noise_stream=0,
+        self,
+        shape,
+        marker="CD3",
+        stain_matrix=RUIFROK_HDAB,
+        scale=1.0,
+        io=240.0,
+        noise=0.0,
+        chunks=512,
+        origin=(0, 0),
+        noise_stream=0,
     ):
         """(Y×X×3 uint8 H-DAB rendering, Y×X bool mask of the marker-positive cells)."""
         conc, mask = self.ihc_concentrations(shape, marker, chunks, origin)
@@ -351,8 +396,17 @@ def synthetic_he(shape=(20000, 20000), seed=0, chunks=512, mpp=0.5, **kw) -> da.
 
 
 def synthetic_pair(
-    shape=(2048, 2048), seed=0, matrix_a=RUIFROK_HE, matrix_b=MACENKO_REFERENCE_HE,
-    scale_a=1.0, scale_b=1.0, io=240.0, noise=0.0, chunks=512, origin=(0, 0), mpp=0.5,
+    shape=(2048, 2048),
+    seed=0,
+    matrix_a=RUIFROK_HE,
+    matrix_b=MACENKO_REFERENCE_HE,
+    scale_a=1.0,
+    scale_b=1.0,
+    io=240.0,
+    noise=0.0,
+    chunks=512,
+    origin=(0, 0),
+    mpp=0.5,
 ):
     """The same tissue rendered with two stain matrices / scales: pixel-aligned (a, b).
 

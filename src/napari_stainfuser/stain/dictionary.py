@@ -54,7 +54,7 @@ def learn_dictionary(
     init: torch.Tensor,
     lam: float = 0.1,
     max_iter: int = 100,
-    tol: float = 1e-6,
+    tol: float = 1e-4,
 ) -> torch.Tensor:
     """Stain rows S (k×3, non-negative, unit) for optical densities ``v`` (N×3),
     starting from ``init``; deterministic (no randomness inside)."""
