@@ -19,7 +19,7 @@ machine is shared, so single timings are noisy).
 Slides: the CMU-1 Aperio SVS (240² JPEG tiles) and a generated 16,384² tiled
 JPEG TIFF (256² tiles) made of CMU tissue, so tiles decode like real H&E.
 
-    python benchmarks/bench_read.py [--regions 24] [--size 1024] [--rounds 7]
+    python benchmarks/bench_read.py [--regions 24] [--size 1024] [--rounds 11]
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regions", type=int, default=24)
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     dask.config.set(scheduler="threads", num_workers=args.workers)

@@ -19,16 +19,22 @@ _LAZY = {
     "open_slide": "napari_stainfuser.slide",
     "Slide": "napari_stainfuser.slide",
     "write_pyramid": "napari_stainfuser.slide",
+    "StainFuser": "napari_stainfuser.diffusion",
+    "get_normalizer": "napari_stainfuser.stain",
+    "normalize_slide": "napari_stainfuser.batch",
 }
 
 __all__ = [
     "CheckpointError",
     "ParameterError",
     "Slide",
+    "StainFuser",
     "SlideReadError",
     "SlideWriteError",
     "StainEstimationError",
     "StainFuserError",
+    "get_normalizer",
+    "normalize_slide",
     "open_slide",
     "write_pyramid",
 ]

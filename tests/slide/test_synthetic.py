@@ -53,7 +53,9 @@ def test_same_window_whatever_the_chunking(mpp):
     np.testing.assert_array_equal(big[150:750, 120:820], ref)
     # The rendering (with coordinate-hashed noise) too, and through `render`.
     rgb = t.render_he(shape, noise=2.0, chunks=512, origin=origin).compute()
-    np.testing.assert_array_equal(t.render_he(shape, noise=2.0, chunks=(61, 128), origin=origin), rgb)
+    np.testing.assert_array_equal(
+        t.render_he(shape, noise=2.0, chunks=(61, 128), origin=origin), rgb
+    )
     conc = t.concentrations(shape, chunks=(200, 100), origin=origin)
     np.testing.assert_array_equal(render(conc, RUIFROK_HE, noise=2.0, seed=3, origin=origin), rgb)
 

@@ -13,7 +13,8 @@ cost more than the arithmetic.
 
 import numpy as np
 
-from ._tissue import F32, MEMBRANE_RING, NucleusBatch, TissueModel, splat
+from ._nuclei import F32, NucleusBatch, splat
+from ._tissue import MEMBRANE_RING, TissueModel
 
 # Reach of the largest nucleus (a fibroblast's tip, a lymphocyte's membrane): nuclei
 # centred this far outside a window can still touch it. The soft edge adds at

@@ -1,21 +1,32 @@
 """Synthetic slides: procedural tissue rendered lazily with Beer–Lambert.
 
 The tissue is an infinite plane fixed by a seed: islands of tissue on white
-glass (the square within 1.5 mm of the origin is always tissue), fibrous
-eosinophilic stroma with spindle-shaped fibroblast nuclei, glands (a lumen
-ringed by columnar epithelial cells) and clusters of small round lymphocytes.
+glass, fibrous eosinophilic stroma (wavy collagen bundles, clefts) with
+spindle-shaped fibroblast nuclei, glands (a lumen ringed by columnar epithelial
+cells with textured, irregular nuclei) and aggregates of small round
+lymphocytes. Where both coordinates are below 1.5 mm (negative ones included)
+there is always tissue; elsewhere roughly 40 % of the plane is tissue.
+
 A slide of shape (height, width) is the window of that plane starting at
-`origin`; every chunk is computed from global coordinates, so pixels do not
-depend on the chunking, the shape or the window: a crop of a big slide equals
-the same window rendered directly, bit for bit.
+`origin` (pixels); every chunk is computed from global coordinates, so pixels
+do not depend on the chunking, the shape or the window: a crop of a big slide
+equals the same window rendered directly, bit for bit. Sizes are physical
+(epithelial nuclei 8-12 µm long, fibroblast spindles 9-16 µm, lymphocytes
+about 7 µm across, glands 80-140 µm), so `mpp` (µm/px) is a zoom: the
+same seed at 1.0 µm/px is the same tissue at half the resolution. Above
+2 µm/px nuclei are smaller than a pixel and are drawn as their expected
+coverage; fibres and chromatin fade to their means as they get finer than the
+pixels, so coarse renderings stay band-limited (see `pyramid_he`).
 
 Optical density convention: natural log, as in `napari_stainfuser.stain`,
 Macenko's reference code and torchstain: ``OD = -ln(I / Io)``. A pixel's OD is
 ``C @ M`` for stain concentrations C (one per stain) and a stain matrix M whose
-rows are unit OD vectors, so ``I = Io * exp(-(C @ M))``, rounded to uint8;
-glass (C = 0) is exactly ``round(Io)``. `OD_BASE` records the base. (The stain
-module decodes with ``-ln((I + 1) / Io)`` to keep black finite; that shifts OD
-by ln(1 + 1/I), under 0.005 for I >= 200.)
+rows are unit OD vectors, so ``I = Io * exp(-(C @ M))``, rounded half up to
+uint8; glass (C = 0) is exactly ``round(Io)``. `OD_BASE` records the base. (The
+stain module decodes with ``-ln((I + 1) / Io)`` to keep black finite; that shifts
+OD by ln(1 + 1/I), under 0.005 for I >= 200.) Typical H&E concentrations:
+nuclei 1-2.3 hematoxylin, stroma 0.2-0.9 eosin; over tissue the 99th
+percentiles are about 1.9 and 0.9 (Macenko's reference maxima: 1.97, 1.03).
 
 API (shapes are (height, width); all arrays are lazy dask arrays)::
 
@@ -25,17 +36,23 @@ API (shapes are (height, width); all arrays are lazy dask arrays)::
     t.ihc_concentrations(shape, marker="CD3")   # (Y×X×2 H, DAB; Y×X bool mask)
     t.render_ihc(shape, marker="CD3")           # (Y×X×3 uint8, Y×X bool mask)
     t.tissue_mask(shape)               # Y×X bool: tissue (True) or glass
+    t.pyramid_he(shape)                # [level 0, level 1, ...], each rendered directly
 
     synthetic_he(shape, seed)                        # Y×X×3 uint8
     synthetic_pair(shape, seed, matrix_a, matrix_b)  # two pixel-aligned renderings
     synthetic_ihc(shape, seed, marker)               # (rgb, true-cell mask)
-    render(concentrations, stain_matrix, ...)        # Beer–Lambert on any C array
+    render(concentrations, stain_matrix, ...)        # Beer–Lambert on a lazy C array
+    concentrations_to_rgb(conc, stain_matrix, ...)   # the same on a numpy array
 
 Every method also takes ``chunks`` (int or (rows, cols), default 512) and
 ``origin`` (the window's top-left corner in the plane, default (0, 0)).
-IHC markers (`MARKERS`): CD3 (membrane of 75 % of lymphocytes), CK8/18
+`scale` multiplies each stain's concentration; `io` is one or three background
+intensities; `noise` is the standard deviation of sensor noise in grey levels,
+hashed from the seed and the pixel's coordinates (default 0: glass is exactly
+Io). IHC markers (`MARKERS`): CD3 (membrane of 75 % of lymphocytes), CK8/18
 (cytoplasm of gland epithelium), Ki67 (nuclei of 30 % of epithelial cells and
-lymphocytes). The mask marks the stained cells' pixels.
+lymphocytes). The mask marks the stained cells' pixels (where the cell covers
+at least half the pixel, in tissue).
 """
 
 import dask.array as da
@@ -63,7 +80,7 @@ __all__ = [
     "synthetic_pair",
 ]
 
-OD_BASE = 10.0
+OD_BASE = float(np.e)
 MARKERS = tuple(_MARKER_SPECS)
 
 # H&E reference vectors of Macenko et al.'s reference implementation (torchstain's
