@@ -128,7 +128,9 @@ class StainerRecipe:
                 norm.source_name = st["source_name"]
             stainer = norm
         else:
-            stainer = _load_stainfuser(self.target, self.weights, self.device, self.seed, self.params)
+            stainer = _load_stainfuser(
+                self.target, self.weights, self.device, self.seed, self.params
+            )
         _RECIPES[stainer] = self
         return stainer
 
@@ -240,9 +242,7 @@ def portable(stainer):
         from .stain.registry import valid_params
 
         params = {
-            k: getattr(stainer, k)
-            for k in valid_params(type(stainer))
-            if hasattr(stainer, k)
+            k: getattr(stainer, k) for k in valid_params(type(stainer)) if hasattr(stainer, k)
         }
         recipe = StainerRecipe(stainer.name, None, None, str(stainer.device), stainer.seed, params)
         recipe.state = _classical_state(stainer)

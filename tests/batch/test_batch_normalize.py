@@ -45,7 +45,9 @@ def test_per_pixel_output_is_bit_identical_whatever_tile_and_overlap(method, cmu
             cmu_crop, tmp_path / f"{tile}-{overlap}.ome.zarr", stainer=stainer, tile=tile,
             overlap=overlap,
         )  # fmt: skip
-        np.testing.assert_array_equal(read_level0(out), truth, err_msg=f"tile {tile} overlap {overlap}")
+        np.testing.assert_array_equal(
+            read_level0(out), truth, err_msg=f"tile {tile} overlap {overlap}"
+        )
     # The tissue really was stained and the glass really left alone.
     assert (truth[mask] != cmu_crop[mask]).any(-1).mean() > 0.5
     assert 0.2 < mask.mean() < 0.8
@@ -55,7 +57,9 @@ def test_per_pixel_identity_holds_on_a_synthetic_slide_with_the_lookup_table(syn
     # The lookup-table path (the default for whole slides), on the other input kind.
     stainer = make_stainer("ruifrok", TARGET, slide=synth, max_pixels=20000)
     a = normalize_slide(synth, tmp_path / "a.ome.zarr", stainer=stainer, tile=512, tissue=False)
-    b = normalize_slide(synth, tmp_path / "b.ome.zarr", stainer=stainer, tile=144, overlap=16, tissue=False)
+    b = normalize_slide(
+        synth, tmp_path / "b.ome.zarr", stainer=stainer, tile=144, overlap=16, tissue=False
+    )
     np.testing.assert_array_equal(read_level0(a), read_level0(b))
     np.testing.assert_array_equal(read_level0(a), stainer.transform(synth))
 
@@ -67,7 +71,11 @@ def test_glass_never_reaches_the_stainer_and_passes_through(cmu_crop, tmp_path):
     np.testing.assert_array_equal(out[~mask], cmu_crop[~mask])
     seen = sum(len(b) for b in spy.batches)
     # 6 × 8 tiles, of which only those touching tissue were stained.
-    per_tile = [mask[y : y + 128, x : x + 128].any() for y in range(0, 768, 128) for x in range(0, 1024, 128)]
+    per_tile = [
+        mask[y : y + 128, x : x + 128].any()
+        for y in range(0, 768, 128)
+        for x in range(0, 1024, 128)
+    ]
     assert seen == sum(per_tile) < 48
 
 
@@ -100,7 +108,9 @@ def test_resampled_run_sees_half_resolution_tiles_and_returns_full_size(synth, t
 
     spy = Spy(Identity())
     img = synth[:320, :384]
-    out = read_level0(normalize_slide(img, tmp_path / "o.ome.zarr", stainer=spy, mpp=0.25, tissue=False))
+    out = read_level0(
+        normalize_slide(img, tmp_path / "o.ome.zarr", stainer=spy, mpp=0.25, tissue=False)
+    )
     assert out.shape == img.shape
     # The working image is 160 × 192: tiles of 96 on a step of 80 -> 2 × 3 tiles.
     assert sum(len(b) for b in spy.batches) == 6
@@ -109,7 +119,9 @@ def test_resampled_run_sees_half_resolution_tiles_and_returns_full_size(synth, t
     first = next(b for b in spy.batches if len(b) == 4)[0].permute(1, 2, 0).numpy().astype(int)
     assert np.abs(first[4:-4, 4:-4] - half[4:92, 4:92]).max() <= 1
     # Down and up again: close to the input, as blurred as a 2× round trip.
-    back = np.asarray(Image.fromarray(half.astype(np.uint8)).resize((384, 320), Image.BILINEAR)).astype(int)
+    back = np.asarray(
+        Image.fromarray(half.astype(np.uint8)).resize((384, 320), Image.BILINEAR)
+    ).astype(int)
     assert np.abs(out[8:-8, 8:-8].astype(int) - back[8:-8, 8:-8]).max() <= 2
 
 
@@ -145,10 +157,16 @@ def test_bad_parameters_are_one_line_errors(kw, match, cmu_crop, tmp_path):
 
 def test_a_tile_size_the_stainer_cannot_take_is_refused(cmu_crop, tmp_path):
     with pytest.raises(ParameterError, match="multiple of 8"):
-        normalize_slide(cmu_crop[:256, :256], tmp_path / "o.ome.zarr", stainer=tiny_stainfuser(), tile=100)
+        normalize_slide(
+            cmu_crop[:256, :256], tmp_path / "o.ome.zarr", stainer=tiny_stainfuser(), tile=100
+        )
     with pytest.raises(ParameterError, match="latent grid"):
         normalize_slide(
-            cmu_crop[:256, :256], tmp_path / "o.ome.zarr", stainer=tiny_stainfuser(), tile=128, overlap=12
+            cmu_crop[:256, :256],
+            tmp_path / "o.ome.zarr",
+            stainer=tiny_stainfuser(),
+            tile=128,
+            overlap=12,
         )
 
 
@@ -160,7 +178,9 @@ def test_unknown_output_format(cmu_crop, tmp_path):
 def test_unreachable_cluster_fails_fast_with_a_clear_error(cmu_crop, tmp_path):
     stainer = make_stainer("ruifrok", TARGET, **FAST)
     t0 = time.monotonic()
-    with pytest.raises(StainFuserError, match=r"cannot reach the dask scheduler at tcp://127\.0\.0\.1:9"):
+    with pytest.raises(
+        StainFuserError, match=r"cannot reach the dask scheduler at tcp://127\.0\.0\.1:9"
+    ):
         normalize_slide(
             cmu_crop[:128, :128], tmp_path / "o.ome.zarr", stainer=stainer,
             scheduler="tcp://127.0.0.1:9", connect_timeout=2,
@@ -182,10 +202,16 @@ def _interrupting(after):
 
 def test_interrupted_run_resumes_to_the_same_output_and_checks_the_fingerprint(cmu_crop, tmp_path):
     stainer = make_stainer("vahadane", TARGET, slide=cmu_crop, **FAST)
-    ref = read_level0(normalize_slide(cmu_crop, tmp_path / "ref.ome.zarr", stainer=stainer, tile=128, batch_size=2))
+    ref = read_level0(
+        normalize_slide(
+            cmu_crop, tmp_path / "ref.ome.zarr", stainer=stainer, tile=128, batch_size=2
+        )
+    )
     out = tmp_path / "o.ome.zarr"
     with pytest.raises(Interrupt):
-        normalize_slide(cmu_crop, out, stainer=stainer, tile=128, batch_size=2, progress=_interrupting(6))
+        normalize_slide(
+            cmu_crop, out, stainer=stainer, tile=128, batch_size=2, progress=_interrupting(6)
+        )
     assert work_dir(out).is_dir() and not out.exists()
     # Starting again over an interrupted run needs a decision.
     with pytest.raises(SlideWriteError, match="resume=True"):
@@ -197,7 +223,9 @@ def test_interrupted_run_resumes_to_the_same_output_and_checks_the_fingerprint(c
     with pytest.raises(ParameterError, match="stainer"):
         normalize_slide(cmu_crop, out, stainer=other, tile=128, resume=True)
     seen = []
-    normalize_slide(cmu_crop, out, stainer=stainer, tile=128, batch_size=2, resume=True, progress=seen.append)
+    normalize_slide(
+        cmu_crop, out, stainer=stainer, tile=128, batch_size=2, resume=True, progress=seen.append
+    )
     first = next(p for p in seen if p.phase == "stain")
     assert first.done >= 6  # finished tiles were skipped
     np.testing.assert_array_equal(read_level0(out), ref)
@@ -221,7 +249,9 @@ def test_a_normalizer_without_slide_statistics_is_fitted_on_the_slide(cmu_crop, 
 def test_progress_reports_tiles_rate_and_eta(cmu_crop, tmp_path):
     stainer = make_stainer("ruifrok", TARGET, **FAST)
     seen = []
-    normalize_slide(cmu_crop, tmp_path / "o.ome.zarr", stainer=stainer, tile=128, progress=seen.append)
+    normalize_slide(
+        cmu_crop, tmp_path / "o.ome.zarr", stainer=stainer, tile=128, progress=seen.append
+    )
     stain = [p for p in seen if p.phase == "stain"]
     assert stain[0].done == 0 and stain[-1].done == stain[-1].total == 48
     assert stain[-1].rate > 0 and stain[-1].eta_s == 0

@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from conftest import TARGET, WEIGHTS, read_level0
 
 from napari_stainfuser.batch import normalize_slide, work_dir
@@ -32,6 +33,7 @@ KW = dict(method="stainfuser", target=TARGET, weights=WEIGHTS, steps=2, tile=128
           seed=11, batch_size=2, mpp=0.5)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_output(tmp_path):
     from napari_stainfuser.slide.synthetic import synthetic_he
 

@@ -122,9 +122,11 @@ def test_a_failing_batch_fails_only_its_tiles_and_the_worker_carries_on():
                     f.result(TIMEOUT)
             else:
                 assert f.result(TIMEOUT).tile[0, 0, 0] == 255 - i
+
         # A failed load fails one tile only.
         def bad():
             raise OSError("tile 9: cannot decode")
+
         f_bad, f_ok = e.submit(9, bad), e.submit(10, tile(10))
         with pytest.raises(OSError, match="cannot decode"):
             f_bad.result(TIMEOUT)

@@ -29,7 +29,10 @@ def test_grid_covers_image_and_tiles_in_matches_brute_force(shape, tile, overlap
         brute = [
             (r, c)
             for r, c in g.tiles()
-            if r * g.step < y1 and r * g.step + tile > y0 and c * g.step < x1 and c * g.step + tile > x0
+            if r * g.step < y1
+            and r * g.step + tile > y0
+            and c * g.step < x1
+            and c * g.step + tile > x0
         ]
         assert g.tiles_in(y0, y1, x0, x1) == brute
 

@@ -74,7 +74,9 @@ def test_request_returns_at_once_and_tiles_land_in_the_store(crop):
         # Already computed: nothing reaches the stainer again.
         level.region(0, 256, 0, 256)
         assert norm.tiles == 4
-        np.testing.assert_array_equal(level.region(10, 20, 30, 40), norm.inner.transform(crop)[10:20, 30:40])
+        np.testing.assert_array_equal(
+            level.region(10, 20, 30, 40), norm.inner.transform(crop)[10:20, 30:40]
+        )
 
 
 def test_the_disk_cache_serves_a_second_session_without_the_stainer(crop, tmp_path):

@@ -36,8 +36,15 @@ def test_field_is_standard_normal_and_seeded():
     assert abs(z.mean()) < 6 / np.sqrt(n)
     assert abs(z.var() - 1) < 6 * np.sqrt(2 / n)
     # Neighbouring blocks are not copies of each other.
-    assert abs(np.corrcoef(z.reshape(4, 256, 256)[:, :64, :64].ravel(),
-                           z.reshape(4, 256, 256)[:, :64, 64:128].ravel())[0, 1]) < 0.05
+    assert (
+        abs(
+            np.corrcoef(
+                z.reshape(4, 256, 256)[:, :64, :64].ravel(),
+                z.reshape(4, 256, 256)[:, :64, 64:128].ravel(),
+            )[0, 1]
+        )
+        < 0.05
+    )
     assert not np.array_equal(NoiseField(1, 4).region(0, 0, 8, 8), f.region(0, 0, 8, 8))
     np.testing.assert_array_equal(NoiseField(0, 4).region(5, 9, 8, 8), f.region(5, 9, 8, 8))
 

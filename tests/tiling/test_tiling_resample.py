@@ -23,8 +23,9 @@ def test_region_equals_crop_of_whole(factor):
     h, w = scaled_shape(img.shape, factor)
     whole = resample_region(img, 0, h, 0, w, factor)
     for y0, y1, x0, x1 in [(0, 10, 0, 10), (h - 7, h, w - 9, w), (13, h // 2, 22, w - 3)]:
-        np.testing.assert_array_equal(resample_region(img, y0, y1, x0, x1, factor),
-                                      whole[y0:y1, x0:x1])
+        np.testing.assert_array_equal(
+            resample_region(img, y0, y1, x0, x1, factor), whole[y0:y1, x0:x1]
+        )
 
 
 @pytest.mark.parametrize(("size", "out"), [(120, 60), (120, 240), (120, 30)])

@@ -20,8 +20,13 @@ import shutil
 from pathlib import Path
 
 from ..errors import ParameterError, SlideWriteError
-from ..slide.writer import DEFAULT_COMPRESSION, ZarrPyramid, move_into_place, output_format
-from ..slide.writer import zarr_to_ome_tiff
+from ..slide.writer import (
+    DEFAULT_COMPRESSION,
+    ZarrPyramid,
+    move_into_place,
+    output_format,
+    zarr_to_ome_tiff,
+)
 from ..stainers import _check_method, make_stainer, portable, stainer_identity
 from ..tiling.plan import TilePlan
 from ..tiling.store import TileCache
@@ -271,9 +276,7 @@ def _run(slide, output, fmt, work, choice, report, **o) -> Path:
             cache_path, plan.grid.n_rows, plan.grid.n_cols, plan.tile, fingerprint
         ),
     )  # fmt: skip
-    executor = make_executor(
-        ctx, here, choice, o["connect_timeout"], default_threads(o["device"])
-    )
+    executor = make_executor(ctx, here, choice, o["connect_timeout"], default_threads(o["device"]))
     try:
         _execute(executor, here, plan, direct, batch, out_tile, report)
     finally:

@@ -60,7 +60,9 @@ def parse_scheduler(scheduler) -> SchedulerChoice:
         )
     if hasattr(scheduler, "submit") and hasattr(scheduler, "register_plugin"):
         return SchedulerChoice("client", client=scheduler)
-    raise ParameterError(f"scheduler: expected a string or a dask Client, got {type(scheduler).__name__}")
+    raise ParameterError(
+        f"scheduler: expected a string or a dask Client, got {type(scheduler).__name__}"
+    )
 
 
 # Intra-op threads torch uses for a unit, here and on every dask worker. A
@@ -204,10 +206,9 @@ class OnCluster:
                 f.cancel()
 
     def close(self) -> None:
-        try:
+        # The cluster may already be gone; then there is nothing to undo.
+        with contextlib.suppress(Exception):
             self.client.unregister_worker_plugin(self.plugin_name)
-        except Exception:  # the cluster may already be gone; nothing to undo then
-            pass
         if self._own_client:
             self.client.close()
         if self._cluster is not None:

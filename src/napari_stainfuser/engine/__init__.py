@@ -4,4 +4,12 @@ No Qt here."""
 
 from .worker import BACKGROUND, NEARBY, VISIBLE, Engine, EngineProgress, TileOutput, stain_batch
 
-__all__ = ["BACKGROUND", "NEARBY", "VISIBLE", "Engine", "EngineProgress", "TileOutput", "stain_batch"]
+__all__ = [
+    "BACKGROUND",
+    "NEARBY",
+    "VISIBLE",
+    "Engine",
+    "EngineProgress",
+    "TileOutput",
+    "stain_batch",
+]

@@ -74,7 +74,9 @@ class _Request:
     future: Future
 
 
-def stain_batch(stainer: Stainer, tiles: list[np.ndarray], noises: list | None = None) -> list[TileOutput]:
+def stain_batch(
+    stainer: Stainer, tiles: list[np.ndarray], noises: list | None = None
+) -> list[TileOutput]:
     """Run ``stainer`` once on same-shaped H×W×3 uint8 tiles (and their noise).
 
     The one place where numpy tiles become a B×3×H×W tensor and back; the
@@ -342,7 +344,9 @@ class Engine:
         for items in groups.values():
             reqs = [it[0] for it in items]
             try:
-                outputs = stain_batch(self.stainer, [it[1] for it in items], [it[2] for it in items])
+                outputs = stain_batch(
+                    self.stainer, [it[1] for it in items], [it[2] for it in items]
+                )
             except Exception as exc:
                 self._fail(reqs, exc)
                 continue

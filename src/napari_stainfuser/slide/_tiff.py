@@ -6,10 +6,12 @@ McuStarts, JPEG tables) and provides the per-segment decoder
 Aperio JPEG 2000 33003/33005, LZW, deflate, ...). Pixel reading is ours: one
 dask task per native tile reads the tile's bytes by offset with ``os.pread``
 (no lock, no shared file position, so tiles decode in parallel threads) and
-hands them to that decoder.
+hands them to that decoder. ``TiffLevelSource.read`` does the same for a whole
+region without dask, reading in the calling thread while a pool decodes, as
+``TiffPage.asarray`` does.
 
-Why not tifffile's zarr store (``TiffFile.aszarr``; ``return_as='zarr'`` in
-newer tifffile): it serialises reads through one locked file handle, adds
+Why not tifffile's zarr store (``TiffFile.aszarr`` in the pinned tifffile
+2026.3; the API moves in later releases): it serialises reads through one locked file handle, adds
 zarr 3's async machinery per chunk, and its errors do not say which tile was
 bad. Reading segments directly keeps reads at tifffile's own decode speed
 (``benchmarks/bench_read.py``), lets a corrupt tile fail alone with its
@@ -194,43 +196,56 @@ class TiffLevelSource:
         self.__dict__.update(state)
         self._codec = None
 
-    def _segment(self, codec: _Codec, index: int) -> np.ndarray | None:
-        offset, count = int(codec.offsets[index]), int(codec.counts[index])
-        if count == 0 or offset == 0:  # sparse tile: nothing scanned there
-            return None
-        data = self.file.read(offset, count)
-        decoded = codec.decode(
-            data, index, jpegtables=codec.jpegtables, jpegheader=codec.jpegheader
-        )[0]
-        return decoded.reshape(decoded.shape[-3:])
+    def _fail(self, ty: int, tx: int, exc: Exception) -> SlideReadError:
+        th, tw = self.tile
+        return error(
+            self.file.path,
+            f"{self.label}: tile at (y={ty * th}, x={tx * tw}) cannot be read: "
+            f"{type(exc).__name__}: {exc}",
+        )
 
-    def tile_rgb(self, ty: int, tx: int) -> np.ndarray:
+    def tile_bytes(self, ty: int, tx: int) -> list[tuple[int, bytes | None]]:
+        """(segment index, encoded bytes or None if sparse) for each plane of a tile."""
+        codec = self._state()
+        index = ty * self.grid[1] + tx
+        n = self.grid[0] * self.grid[1]
+        out = []
+        try:
+            for i in [index + s * n for s in range(3)] if self.planar else [index]:
+                offset, count = int(codec.offsets[i]), int(codec.counts[i])
+                sparse = count == 0 or offset == 0  # nothing scanned there
+                out.append((i, None if sparse else self.file.read(offset, count)))
+        except Exception as exc:
+            raise self._fail(ty, tx, exc) from exc
+        return out
+
+    def tile_rgb(
+        self, ty: int, tx: int, raw: list[tuple[int, bytes | None]] | None = None
+    ) -> np.ndarray:
         """Decoded tile (ty, tx) as h×w×3 uint8, cropped to the image."""
         (th, tw), (h, w, _) = self.tile, self.shape
         need = (min(th, h - ty * th), min(tw, w - tx * tw))
         codec = self._state()
-        index = ty * self.grid[1] + tx
+        if raw is None:
+            raw = self.tile_bytes(ty, tx)
+        if any(data is None for _, data in raw):
+            return np.full((*need, 3), 255, dtype=np.uint8)  # empty = background
         try:
-            if self.planar:
-                n = self.grid[0] * self.grid[1]
-                planes = [self._segment(codec, index + s * n) for s in range(3)]
-                parts = None if any(p is None for p in planes) else np.concatenate(planes, -1)
-            else:
-                parts = self._segment(codec, index)
-            if parts is None:
-                return np.full((*need, 3), 255, dtype=np.uint8)  # empty = background
+            planes = []
+            for i, data in raw:
+                decoded = codec.decode(
+                    data, i, jpegtables=codec.jpegtables, jpegheader=codec.jpegheader
+                )[0]
+                planes.append(decoded.reshape(decoded.shape[-3:]))
+            parts = planes[0] if len(planes) == 1 else np.concatenate(planes, -1)
             if parts.shape[0] < need[0] or parts.shape[1] < need[1]:
                 raise ValueError(f"decoded tile has shape {parts.shape}, expected {need}")
-            parts = parts[: need[0], : need[1]]
-            if parts.shape[-1] < 3:  # greyscale associated image
-                return np.repeat(parts[..., :1], 3, axis=-1)
-            return np.ascontiguousarray(parts[..., :3])
         except Exception as exc:
-            raise error(
-                self.file.path,
-                f"{self.label}: tile at (y={ty * th}, x={tx * tw}) cannot be read: "
-                f"{type(exc).__name__}: {exc}",
-            ) from exc
+            raise self._fail(ty, tx, exc) from exc
+        parts = parts[: need[0], : need[1]]
+        if parts.shape[-1] < 3:  # greyscale associated image
+            return np.repeat(parts[..., :1], 3, axis=-1)
+        return parts[..., :3]
 
     def read(self, y0: int, y1: int, x0: int, x1: int, pool: Executor | None = None) -> np.ndarray:
         """Pixels [y0:y1, x0:x1], decoding the touched tiles (in ``pool`` if given)."""
@@ -242,19 +257,23 @@ class TiffLevelSource:
             return self.tile_rgb(ty, tx)[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
         out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
 
-        def paste(t: tuple[int, int]) -> None:
-            tile = self.tile_rgb(*t)
-            oy, ox = t[0] * th, t[1] * tw
+        def paste(job: tuple[int, int, list | None]) -> None:
+            ty, tx, raw = job
+            tile = self.tile_rgb(ty, tx, raw)
+            oy, ox = ty * th, tx * tw
             ya, yb = max(y0, oy), min(y1, oy + th)
             xa, xb = max(x0, ox), min(x1, ox + tw)
             out[ya - y0 : yb - y0, xa - x0 : xb - x0] = tile[ya - oy : yb - oy, xa - ox : xb - ox]
 
-        tiles = [(ty, tx) for ty in rows for tx in cols]
         if pool is None:
-            for t in tiles:
-                paste(t)
+            for ty in rows:
+                for tx in cols:
+                    paste((ty, tx, None))
         else:
-            for _ in pool.map(paste, tiles):  # re-raises the first tile error
+            # Like tifffile: this thread reads the (small) encoded tiles while
+            # the pool decodes, so the workers spend their time in the codec.
+            jobs = ((ty, tx, self.tile_bytes(ty, tx)) for ty in rows for tx in cols)
+            for _ in pool.map(paste, jobs):  # re-raises the first tile error
                 pass
         return out
 

@@ -85,18 +85,6 @@ class StainedLevel:
     def _key(self, r: int, c: int):
         return (self.name, r, c)
 
-    def _landed(self, rc, fut: Future) -> None:
-        # Runs on the engine thread as the result is set, before the engine
-        # forgets the key, so a tile is never computed twice.
-        if not fut.cancelled() and fut.exception() is None:
-            tile = fut.result().tile
-            self.store.put(self._key(*rc), tile)
-            if self.cache is not None:
-                self.cache.write(*rc, tile)
-        with self._lock:
-            if self._inflight.get(rc) is fut:
-                del self._inflight[rc]
-
     def tile_future(self, r: int, c: int, priority: float = BACKGROUND) -> Future:
         """A future of the stained tile (r, c) (tile × tile × 3 uint8).
 
@@ -123,14 +111,28 @@ class StainedLevel:
             self._inflight[rc] = fut
 
             def done(ef, fut=fut):
-                if ef.cancelled():
-                    fut.cancel()
-                    fut.set_running_or_notify_cancel()
-                elif ef.exception() is not None:
-                    fut.set_exception(ef.exception())
-                else:
-                    fut.set_result(ef.result().tile)
-                self._landed(rc, fut)
+                # Runs on the engine thread as the result is set, before the
+                # engine forgets the key: store first, then resolve, then drop
+                # the in-flight entry, so a tile is never computed twice.
+                try:
+                    if ef.cancelled():
+                        fut.cancel()
+                        fut.set_running_or_notify_cancel()
+                    elif ef.exception() is not None:
+                        fut.set_exception(ef.exception())
+                    else:
+                        tile = ef.result().tile
+                        self.store.put(self._key(*rc), tile)
+                        if self.cache is not None:
+                            self.cache.write(*rc, tile)
+                        fut.set_result(tile)
+                except Exception as exc:  # e.g. the disk cache is full
+                    if not fut.done():
+                        fut.set_exception(exc)
+                finally:
+                    with self._lock:
+                        if self._inflight.get(rc) is fut:
+                            del self._inflight[rc]
 
             efut.add_done_callback(done)
             return fut
@@ -159,7 +161,9 @@ class StainedLevel:
             keys = [self._key(*rc) for rc in self._inflight if rc not in keep_set]
         return self.engine.cancel(keys)
 
-    def region(self, y0: int, y1: int, x0: int, x1: int, priority: float = BACKGROUND) -> np.ndarray:
+    def region(
+        self, y0: int, y1: int, x0: int, x1: int, priority: float = BACKGROUND
+    ) -> np.ndarray:
         """The stained box [y0, y1) × [x0, x1) (blocks until computed)."""
         for f in self.request(y0, y1, x0, x1, priority):
             f.exception()  # wait; errors surface in get_tile below

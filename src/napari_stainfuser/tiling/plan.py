@@ -114,15 +114,15 @@ class TilePlan:
         self.spec = spec
         self.tile, self.overlap = resolve_tiling(spec, tile, overlap)
         self.factor = scale_factor(mpp, spec.mpp)
-        self.work_shape = self.shape if self.factor == 1.0 else scaled_shape(self.shape, self.factor)
+        self.work_shape = (
+            self.shape if self.factor == 1.0 else scaled_shape(self.shape, self.factor)
+        )
         self.grid = TileGrid(self.work_shape, self.tile, self.overlap)
         self.tissue = tissue
         self.seed = int(seed)
         self.noise_mode = noise
         self.window = window
-        self.field = (
-            NoiseField(self.seed, spec.latent_channels) if spec.latent_channels else None
-        )
+        self.field = NoiseField(self.seed, spec.latent_channels) if spec.latent_channels else None
         # Output pixels within this many pixels of a tile's footprint read it
         # when the result is resampled back.
         f = self.factor

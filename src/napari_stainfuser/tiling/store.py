@@ -155,7 +155,9 @@ class TileCache:
         try:
             self.array[r, c] = tile
         except OSError as e:
-            raise SlideWriteError(f"{self.path}: cannot write tile ({r}, {c}): {e.strerror or e}") from e
+            raise SlideWriteError(
+                f"{self.path}: cannot write tile ({r}, {c}): {e.strerror or e}"
+            ) from e
 
     def done(self) -> set[tuple[int, int]]:
         """All tiles on disk (one directory listing per row)."""
@@ -178,4 +180,6 @@ def _diff(stored, wanted) -> str:
         return "no fingerprint recorded"
     keys = sorted(set(stored) | set(wanted))
     diffs = [k for k in keys if stored.get(k) != wanted.get(k)]
-    return "differs in " + ", ".join(f"{k}: {stored.get(k)!r} != {wanted.get(k)!r}" for k in diffs[:3])
+    return "differs in " + ", ".join(
+        f"{k}: {stored.get(k)!r} != {wanted.get(k)!r}" for k in diffs[:3]
+    )

@@ -59,8 +59,14 @@ class TissueSwitch:
         if y1 <= y0 or x1 <= x0:
             return False
         mh, mw = self.mask.shape
-        r0, r1 = self._rows(y0, y0 + 1, shape[0], mh)[0], self._rows(y1 - 1, y1, shape[0], mh)[0] + 1
-        c0, c1 = self._rows(x0, x0 + 1, shape[1], mw)[0], self._rows(x1 - 1, x1, shape[1], mw)[0] + 1
+        r0, r1 = (
+            self._rows(y0, y0 + 1, shape[0], mh)[0],
+            self._rows(y1 - 1, y1, shape[0], mh)[0] + 1,
+        )
+        c0, c1 = (
+            self._rows(x0, x0 + 1, shape[1], mw)[0],
+            self._rows(x1 - 1, x1, shape[1], mw)[0] + 1,
+        )
         s = self._sat
         return bool(s[r1, c1] - s[r0, c1] - s[r1, c0] + s[r0, c0] > 0)
 

@@ -70,9 +70,7 @@ def axis_windows(n: int, tile: int, overlap: int, kind: str = "cosine") -> np.nd
         owner = np.clip(np.floor((pos - (tile - 1) / 2) / step + 0.5), 0, n - 1)
         w = (owner == np.arange(n)[:, None]).astype(np.float64)
     else:
-        w = np.stack(
-            [_raw_axis_window(tile, overlap, i == 0, i == n - 1, kind) for i in range(n)]
-        )
+        w = np.stack([_raw_axis_window(tile, overlap, i == 0, i == n - 1, kind) for i in range(n)])
         if overlap > step:
             total = np.zeros((n - 1) * step + tile)
             for i in range(n):
