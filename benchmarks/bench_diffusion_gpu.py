@@ -1,6 +1,6 @@
 """StainFuser on a GPU, full SD2.1-base size, random weights, 512² tiles.
 
-Anchor: the official setting, re-implemented in bench_diffusion_cpu.py
+Anchor: the official setting, re-implemented in _diffusion_common.py
 (`official_stain`): fp32 weights under fp16 autocast, batch 8, 20 PNDM steps,
 the target VAE-encoded for every batch, stock diffusers attention.
 
@@ -26,13 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_diffusion_cpu import REF_DIR, official_stain, stock_networks  # noqa: E402
-from napari_stainfuser.diffusion import (  # noqa: E402
-    StainFuser,
-    build_networks,
-    load_configs,
-    make_scheduler,
-)
+from _diffusion_common import REF_DIR, evaluations, official_stain, stock_networks  # noqa: E402
+from napari_stainfuser.diffusion import StainFuser, build_networks, load_configs  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -61,13 +56,6 @@ def measure(name, run, device, batch, repeats, evaluations):
         "peak_gib": peak,
         "warmup_s": warmup,
     }
-
-
-def evaluations(scheduler_config: dict, scheduler: str, steps: int) -> int:
-    """Network evaluations in one run (PLMS evaluates its warm-up step twice)."""
-    s = make_scheduler(scheduler, scheduler_config)
-    s.set_timesteps(steps)
-    return len(s.timesteps)
 
 
 def main(argv=None) -> int:
@@ -114,7 +102,7 @@ def main(argv=None) -> int:
     del networks
     amp = torch.float16 if on_gpu else None
     rows = []
-    n_pndm = evaluations(configs.scheduler, "pndm", args.steps)
+    n_pndm = evaluations(configs.scheduler, args.steps, "pndm")
 
     precision = "fp16 autocast" if amp else "fp32"
     rows.append(
@@ -186,7 +174,7 @@ def main(argv=None) -> int:
                 device,
                 args.batch,
                 args.repeats,
-                evaluations(configs.scheduler, "dpm++", steps),
+                evaluations(configs.scheduler, steps, "dpm++"),
             )
         )
 

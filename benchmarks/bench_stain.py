@@ -10,6 +10,9 @@ One run prints, side by side:
   transform; and, for reference, the per-image path (source statistics
   estimated from the region itself, as torchstain does).
 
+Everything is timed in interleaved rounds (decode, ours, torchstain, repeat),
+so the ratios compare runs made under the same machine load.
+
 Run: python benchmarks/bench_stain.py [--repeats 5]
 """
 
@@ -31,6 +34,7 @@ SLIDE = ROOT / "tests" / "data" / "CMU-1-Small-Region.svs"
 TARGET = ROOT / "tests" / "data" / "he" / "torchstain-target.png"
 SIZE = 2048
 MP = SIZE * SIZE / 1e6
+METHODS = ("macenko", "reinhard", "vahadane", "ruifrok")
 
 
 def decode_region(tif: tifffile.TiffFile, pool: ThreadPoolExecutor) -> np.ndarray:
@@ -57,82 +61,118 @@ def decode_region(tif: tifffile.TiffFile, pool: ThreadPoolExecutor) -> np.ndarra
     return out[:SIZE, :SIZE]
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """Median seconds of `repeats` calls (after one warm-up call) and the last result."""
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
-
-
-def once(fn) -> tuple[float, object]:
+def seconds(fn) -> float:
     t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
+    fn()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    threads = torch.get_num_threads()
+    print(
+        f"CPU cores: {os.cpu_count()}, torch threads: {threads}, "
+        f"load average at start: {os.getloadavg()[0]:.1f}"
+    )
 
-    print(f"CPU cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, "
-          f"load average: {os.getloadavg()[0]:.1f}")
     pool = ThreadPoolExecutor(os.cpu_count() or 1)
-    with tifffile.TiffFile(SLIDE) as tif:
-        t_dec, region = timed(lambda: decode_region(tif, pool), args.repeats)
-        assert np.array_equal(region, tif.pages[0].asarray()[:SIZE, :SIZE])
-    region = np.ascontiguousarray(region)
+    tif = tifffile.TiffFile(SLIDE)
+    region = np.ascontiguousarray(decode_region(tif, pool))
+    assert np.array_equal(region, tif.pages[0].asarray()[:SIZE, :SIZE])
     target = read_target_image(TARGET)
-    decode_mps = MP / t_dec
-    rows = [("raw decode (tifffile + imagecodecs)", decode_mps, "")]
 
     import torchstain
 
     chw = torch.from_numpy(region).permute(2, 0, 1).contiguous()
-    ts = {}
+    ts_calls = {}
     for name, cls in (("macenko", "MacenkoNormalizer"), ("reinhard", "ReinhardNormalizer")):
         norm = getattr(torchstain.normalizers, cls)(backend="torch")
         norm.fit(torch.from_numpy(target).permute(2, 0, 1).contiguous())
-        call = (lambda n=norm: n.normalize(chw, stains=False)) if name == "macenko" else (
-            lambda n=norm: n.normalize(chw)
-        )
-        t, _ = timed(call, max(1, args.repeats // 2))
-        ts[name] = MP / t
-        rows.append((f"torchstain {name} (torch backend)", MP / t, ""))
+        if name == "macenko":
+            ts_calls[name] = lambda n=norm: n.normalize(chw, stains=False)
+        else:
+            ts_calls[name] = lambda n=norm: n.normalize(chw)
 
-    fits = []
-    for method in ("macenko", "reinhard", "vahadane", "ruifrok"):
+    # One-off costs, and the fitted normalizers.
+    ours, costs = {}, []
+    for method in METHODS:
         norm = get_normalizer(method)
-        t_fit, _ = once(lambda n=norm: n.fit(target))
-        t_fit_region, _ = once(lambda m=method: get_normalizer(m).fit(region))
-        t_per_image, _ = timed(lambda n=norm: n.transform(region), max(1, args.repeats // 2))
-        t_src, _ = once(lambda n=norm: n.fit_source(region))
-        t_lut, _ = once(lambda n=norm: n.transform(region[:1, :1]))
-        t_tr, out = timed(lambda n=norm: n.transform(region), args.repeats)
+        t_fit = seconds(lambda n=norm: n.fit(target))
+        t_fit_region = seconds(lambda m=method: get_normalizer(m).fit(region))
+        t_per_image = seconds(lambda n=norm: n.transform(region))
+        t_src = seconds(lambda n=norm: n.fit_source(region))
+        t_lut = seconds(lambda n=norm: n.prepare())
+        out = norm.transform(region)
         assert out.shape == region.shape and out.dtype == np.uint8
-        notes = [f"{MP / t_tr / decode_mps:.2f}× decode"]
-        if method in ts:
-            notes.append(f"{MP / t_tr / ts[method]:.1f}× torchstain")
-        rows.append((f"ours {method}, slide-level stats (lookup table)", MP / t_tr, ", ".join(notes)))
-        rows.append((f"ours {method}, per-image stats (direct)", MP / t_per_image, ""))
-        fits.append((method, t_fit, t_fit_region, t_src, t_lut))
+        ours[method] = norm
+        costs.append((method, t_fit, t_fit_region, t_src, t_lut, MP / t_per_image))
 
-    print(f"\nTransform throughput on a {SIZE}×{SIZE} region of {SLIDE.name} "
-          f"(median of {args.repeats}):\n")
-    print("| what | MP/s | relative |")
-    print("|---|---:|---|")
-    for what, mps, note in rows:
-        print(f"| {what} | {mps:.1f} | {note} |")
-    print("\nOne-off costs (s):\n")
-    print("| method | fit on target (587×441) | fit on the 2048² region | fit_source (2048²) "
-          "| lookup-table build |")
-    print("|---|---:|---:|---:|---:|")
-    for method, a, b, c, d in fits:
-        print(f"| {method} | {a:.2f} | {b:.2f} | {c:.2f} | {d:.2f} |")
+    # Interleaved rounds: every contender is timed once per round, so a change
+    # of machine load between rounds hits all of them alike; ratios are taken
+    # within a round.
+    times: dict[str, list[float]] = {}
+
+    def record(key, fn):
+        times.setdefault(key, []).append(seconds(fn))
+
+    for _ in range(args.repeats):
+        record("decode", lambda: decode_region(tif, pool))
+        for method, norm in ours.items():
+            record(method, lambda n=norm: n.transform(region))
+        for name, call in ts_calls.items():
+            # torchstain's speed depends on torch's thread count (OpenMP
+            # barriers on a busy machine): time both, its better one is the anchor.
+            for n_threads in sorted({1, threads}):
+                torch.set_num_threads(n_threads)
+                record(f"ts-{name}-{n_threads}", call)
+            torch.set_num_threads(threads)
+    tif.close()
+
+    def mps(key):
+        return MP / statistics.median(times[key])
+
+    def ts_best(name, i):
+        return min(times[f"ts-{name}-{n}"][i] for n in sorted({1, threads}))
+
+    def paired(method, anchor):
+        return statistics.median(anchor(i) / times[method][i] for i in range(args.repeats))
+
+    print(
+        f"\nTransform throughput on a {SIZE}×{SIZE} region of {SLIDE.name} "
+        f"(median of {args.repeats} interleaved rounds; ratios paired within a round):\n"
+    )
+    print("| what | MP/s | ours ÷ decode | ours ÷ torchstain (its best) |")
+    print("|---|---:|---:|---:|")
+    print(
+        f"| raw decode (tifffile + imagecodecs, {os.cpu_count()} threads) | {mps('decode'):.1f} | | |"
+    )
+    for name in ts_calls:
+        for n in sorted({1, threads}):
+            print(
+                f"| torchstain {name} (torch backend, {n} thread(s)) | {mps(f'ts-{name}-{n}'):.1f} | | |"
+            )
+    for method in ours:
+        vs_decode = paired(method, lambda i: times["decode"][i])
+        vs_ts = (
+            f"{paired(method, lambda i, m=method: ts_best(m, i)):.1f}×"
+            if method in ts_calls
+            else ""
+        )
+        print(
+            f"| ours {method}, slide-level statistics (lookup table) | {mps(method):.1f} "
+            f"| {vs_decode:.2f}× | {vs_ts} |"
+        )
+    print("\nOne-off costs (s) and the per-image path:\n")
+    print(
+        "| method | fit on target (587×441) | fit on the 2048² region | fit_source (2048²) "
+        "| lookup-table build | per-image transform (MP/s) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for method, a, b, c, d, e in costs:
+        print(f"| {method} | {a:.2f} | {b:.2f} | {c:.2f} | {d:.2f} | {e:.1f} |")
+    print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -147,8 +147,9 @@ def _tensor(v):
 def _load_stainfuser(target, weights, device, seed, params) -> Stainer:
     from .diffusion import StainFuser
 
+    image = _stainfuser_target(target)  # a bad target fails before gigabytes are read
     sf = StainFuser.load(weights, device=device, seed=seed, **params)
-    sf.set_target(_stainfuser_target(target))
+    sf.set_target(image)
     return sf
 
 
@@ -286,9 +287,12 @@ def stainer_identity(stainer) -> dict:
             "device": recipe.device,
         }
     ident = {**base, "class": f"{type(stainer).__module__}.{type(stainer).__qualname__}"}
-    for attr in ("steps", "scheduler", "seed"):
+    for attr in ("steps", "scheduler", "seed", "device"):
         if hasattr(stainer, attr):
             ident[attr] = _jsonable(getattr(stainer, attr))
+    latents = getattr(stainer, "target_latents", None)
+    if latents is not None and hasattr(latents, "cpu"):
+        ident["target_latents"] = _digest_array(latents.detach().cpu().numpy())
     return ident
 
 

@@ -54,7 +54,8 @@ def test_own_format_roundtrip_keeps_official_layout(tmp_path, ref):
     out = save_checkpoint(model, tmp_path / "run", {"training_data": "SPI-2M", "steps": 123})
     assert out == tmp_path / "run" / "checkpoint.safetensors"
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert names == sorted([*CONFIGS, "checkpoint.safetensors", "metadata.json"])
+    official = [f"sd21b_{name}" for name in CONFIGS]
+    assert names == sorted([*CONFIGS, *official, "checkpoint.safetensors", "metadata.json"])
     # Same key names and tensors as the official file.
     with (
         safe_open(out, "pt") as ours,
@@ -162,3 +163,54 @@ def test_not_a_checkpoint(tmp_path):
         read_state_dict(path)
     with pytest.raises(CheckpointError, match="not found"):
         StainFuser.load(tmp_path / "nope.safetensors", config_dir=REF_DIR)
+
+
+def test_saved_folder_is_a_config_folder_for_the_official_code(tmp_path, ref):
+    """The official code reads sd21b_{unet,vae,scheduler}_config.json from its
+    config folder and passes them as keyword arguments to diffusers."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+
+    model = StainFuser.load(REF_DIR / "checkpoint.safetensors", config_dir=REF_DIR)
+    save_checkpoint(model, tmp_path / "run")
+    run = tmp_path / "run"
+    unet = UNet2DConditionModel(**json.loads((run / "sd21b_unet_config.json").read_text()))
+    vae = AutoencoderKL(**json.loads((run / "sd21b_vae_config.json").read_text()))
+    sched = PNDMScheduler(**json.loads((run / "sd21b_scheduler_config.json").read_text()))
+    assert (
+        unet.config.block_out_channels == model.networks.noise_predictor.config.block_out_channels
+    )
+    assert vae.config.scaling_factor == model.networks.scaling_factor
+    assert sched.config.skip_prk_steps and sched.config.steps_offset == 1
+    # Our loader reads the official names alone too.
+    for name in CONFIGS:
+        (run / name).unlink()
+    again = StainFuser.load(run / "checkpoint.safetensors", config_dir=run)
+    assert torch.equal(ref_eps(again, ref), ref_eps(model, ref))
+
+
+def test_every_file_is_synced_before_it_is_renamed(tmp_path, monkeypatch):
+    import os
+
+    from napari_stainfuser.diffusion import atomic
+
+    events = []
+    real_fsync, real_replace = atomic.fsync_file, os.replace
+
+    def fsync_file(path):
+        events.append(("fsync", Path(path)))
+        real_fsync(path)
+
+    def replace(src, dst):
+        events.append(("replace", Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic, "fsync_file", fsync_file)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    model = StainFuser.load(REF_DIR / "checkpoint.safetensors", config_dir=REF_DIR)
+    save_checkpoint(model, tmp_path / "run")
+    renamed = [e for e in events if e[0] == "replace"]
+    assert sorted(e[2].name for e in renamed) == sorted(
+        p.name for p in (tmp_path / "run").iterdir()
+    )
+    for e in renamed:
+        assert events.index(("fsync", e[1])) < events.index(e), e

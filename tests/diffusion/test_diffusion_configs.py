@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from napari_stainfuser.diffusion import build_networks, load_configs, model_size
+from napari_stainfuser.diffusion import StainFuser, build_networks, load_configs, model_size
 from napari_stainfuser.diffusion.configs import DEFAULT_CONFIG_DIR
 
 REF_DIR = Path(__file__).parents[1] / "data" / "stainfuser-reference"
@@ -46,3 +46,17 @@ def test_tiny_config_size():
     nets = build_networks(load_configs(REF_DIR), device="meta")
     assert size.total == sum(p.numel() for p in nets.parameters())
     assert size.parameters["projectors"] == 2 * (4 * 32 + 32)
+
+
+def test_init_seed_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = StainFuser.from_configs(REF_DIR, init_seed=4)
+    after = torch.rand(3)
+    assert torch.equal(after, expected)  # the caller's random stream is untouched
+    b = StainFuser.from_configs(REF_DIR, init_seed=4)
+    c = StainFuser.from_configs(REF_DIR, init_seed=5)
+    sa, sb, sc = (m.networks.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)

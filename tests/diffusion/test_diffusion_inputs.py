@@ -73,3 +73,18 @@ def test_other_bad_parameters(model):
     fresh = StainFuser.load(REF_DIR / "checkpoint.safetensors")
     with raises_one_line("no target set"):
         fresh.stain(torch.zeros((1, 3, 64, 64), dtype=torch.uint8))
+
+
+def test_x_t_must_match_the_sources_latent_grid(model):
+    source = torch.rand(2, 3, 64, 64)
+    latents = torch.zeros(1, 4, 8, 8)
+    with raises_one_line(r"x_t must have shape \(2, 4, 8, 8\) .*64×64 source.*\(2, 4, 16, 16\)"):
+        model.predict_noise(torch.zeros(2, 4, 16, 16), 10, source, latents)
+    with raises_one_line(r"x_t must have shape \(2, 4, 8, 8\)"):
+        model.predict_noise(torch.zeros(1, 4, 8, 8), 10, source, latents)
+    with raises_one_line(r"x_t must have shape"):
+        model.predict_noise(torch.zeros(2, 3, 8, 8), 10, source, latents)
+    with raises_one_line("t must be a scalar or one timestep per tile"):
+        model.predict_noise(torch.zeros(2, 4, 8, 8), torch.tensor([1, 2, 3]), source, latents)
+    eps = model.predict_noise(torch.zeros(2, 4, 8, 8), torch.tensor([1, 2]), source, latents)
+    assert eps.shape == (2, 4, 8, 8)

@@ -1,5 +1,6 @@
 """Weight lookup: explicit path, environment variable, offline Hugging Face cache."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -25,17 +26,27 @@ def empty_env(monkeypatch, tmp_path):
     return cache
 
 
-def make_hf_snapshot(cache: Path, with_ref: bool) -> Path:
-    """The layout huggingface_hub writes: blobs, snapshots/<commit>/<file>, refs/main."""
+def make_hf_snapshot(
+    cache: Path,
+    with_ref: bool,
+    names=("checkpoint.safetensors",),
+    commit="0123456789abcdef0123456789abcdef01234567",
+) -> Path:
+    """The layout huggingface_hub writes: blobs/<sha>, snapshots/<commit>/<file>
+    as a symlink to its blob, refs/main holding the commit."""
     repo = cache / "models--R-J--StainFuser"
-    commit = "0123456789abcdef0123456789abcdef01234567"
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
-    shutil.copy(WEIGHTS, snapshot / "checkpoint.safetensors")
+    (repo / "blobs").mkdir(exist_ok=True)
+    for i, name in enumerate(names):
+        blob = repo / "blobs" / f"{commit[:8]}{i:032x}"
+        shutil.copy(WEIGHTS, blob)
+        (snapshot / name).symlink_to(blob)
+    (snapshot / "README.md").write_text("model card")
     if with_ref:
-        (repo / "refs").mkdir()
+        (repo / "refs").mkdir(exist_ok=True)
         (repo / "refs" / "main").write_text(commit)
-    return snapshot / "checkpoint.safetensors"
+    return snapshot / names[0]
 
 
 def test_explicit_path_file_and_directory(empty_env):
@@ -46,7 +57,7 @@ def test_explicit_path_file_and_directory(empty_env):
 def test_explicit_path_missing(empty_env, tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         find_weights(tmp_path / "nope.safetensors")
-    with pytest.raises(CheckpointError, match="directory without checkpoint.safetensors"):
+    with pytest.raises(CheckpointError, match="directory without a .safetensors or .pth"):
         find_weights(tmp_path)
 
 
@@ -72,4 +83,35 @@ def test_not_found_says_where_and_what(empty_env):
     msg = str(exc.value)
     assert "\n" not in msg
     assert ENV_VAR in msg and str(empty_env) in msg
-    assert "checkpoint.safetensors" in msg and "https://huggingface.co/R-J/StainFuser" in msg
+    assert ".safetensors" in msg and "https://huggingface.co/R-J/StainFuser" in msg
+
+
+@pytest.mark.parametrize("name", ["stainfuser.safetensors", "model.pth"])
+def test_hugging_face_cache_with_another_file_name(empty_env, name):
+    cached = make_hf_snapshot(empty_env, with_ref=True, names=(name,))
+    assert find_weights() == cached
+
+
+def test_hugging_face_cache_prefers_safetensors(empty_env):
+    cached = make_hf_snapshot(empty_env, with_ref=True, names=("weights.safetensors", "w.pth"))
+    assert find_weights() == cached
+
+
+def test_hugging_face_cache_with_several_candidates_lists_them(empty_env):
+    make_hf_snapshot(empty_env, with_ref=True, names=("a.safetensors", "b.safetensors"))
+    with pytest.raises(
+        CheckpointError, match=r"several \.safetensors files \(a\.safetensors, b\.s"
+    ):
+        find_weights()
+
+
+def test_hugging_face_cache_follows_refs_main(empty_env):
+    # Two snapshots; refs/main names the older one, which wins over the newer.
+    main = make_hf_snapshot(empty_env, with_ref=True, names=("old.safetensors",), commit="a" * 40)
+    make_hf_snapshot(empty_env, with_ref=False, names=("new.safetensors",), commit="b" * 40)
+    assert find_weights() == main
+    snapshots = empty_env / "models--R-J--StainFuser" / "snapshots"
+    os.utime(snapshots / ("a" * 40), (1_000_000, 1_000_000))
+    os.utime(snapshots / ("b" * 40), (2_000_000, 2_000_000))
+    (empty_env / "models--R-J--StainFuser" / "refs" / "main").unlink()
+    assert find_weights().name == "new.safetensors"  # without a ref: the newest snapshot

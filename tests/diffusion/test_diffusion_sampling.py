@@ -153,3 +153,17 @@ def test_target_between_grid_and_tile_is_used_whole(ref):
     crop = target[:, 2:98, 2:82].unsqueeze(0)
     assert latents.shape == (1, 4, 12, 10)
     torch.testing.assert_close(latents, model.encode_target(crop), rtol=0, atol=1e-6)
+
+
+def test_tile_size_below_the_latent_grid_still_gets_a_full_grid_target(ref):
+    # The tiny model's grid is 64 px; 32 px tiles are valid sources, but the
+    # target is cropped to the grid, not to the tile.
+    model = StainFuser.load(REF_DIR / "checkpoint.safetensors", tile_size=32)
+    target = torch.rand((3, 80, 96), generator=torch.Generator().manual_seed(5))
+    latents = model.set_target(target)
+    assert latents.shape == (1, 4, 8, 8)
+    crop = target[:, 8:72, 16:80].unsqueeze(0)
+    torch.testing.assert_close(latents, model.encode_target(crop), rtol=0, atol=1e-6)
+    tiles = (ref["source"][:, :, :32, :32] * 255).to(torch.uint8)
+    out = model.stain(tiles).tiles
+    assert out.shape == tiles.shape and out.dtype == torch.uint8

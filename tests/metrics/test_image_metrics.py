@@ -28,8 +28,13 @@ def test_psnr_matches_skimage(pair):
 def test_ssim_matches_skimage_gaussian_window(pair):
     a, b = pair
     ref = structural_similarity(
-        a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-        use_sample_covariance=False, data_range=255,
+        a,
+        b,
+        channel_axis=-1,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=255,
     )
     assert ssim(a, b) == pytest.approx(ref, abs=1e-10)
     assert ssim(a, a) == pytest.approx(1.0)

@@ -146,13 +146,15 @@ def test_pyramid_levels_render_the_same_tissue():
     full, coarse = levels[0].compute(), levels[3].compute()  # 0.5 and 4 µm/px
     od_full = -np.log(full / 240.0).reshape(256, 8, 256, 8, 3).mean(axis=(1, 3))
     od_coarse = -np.log(coarse / 240.0)
-    # Tissue and glass in the same places. A level-3 pixel samples one point of
-    # its 8×8 block, so blocks on the tissue edge are left out (one-pixel erosion).
+    # Tissue and glass in the same places: a level-3 pixel samples one point of
+    # its 8×8 block, so it may disagree with the block's majority only on the
+    # tissue edge (pixels with both classes among their 3×3 neighbours).
     glass = (coarse == 240).all(axis=-1)
     assert 0.05 < glass.mean() < 0.95
-    inner_glass = ndimage.binary_erosion(glass)
+    glass_blocks = (full == 240).all(axis=-1).reshape(256, 8, 256, 8).mean(axis=(1, 3)) > 0.5
+    edge = ndimage.binary_dilation(glass) & ndimage.binary_dilation(~glass)
+    assert not ((glass != glass_blocks) & ~edge).any()
     inner_tissue = ndimage.binary_erosion(~glass)
-    assert od_full[inner_glass].max() < 0.01
     # Nuclei drawn one by one and as expected coverage (an approximation from mean
     # sizes, documented to 10 %) carry the same stain on average.
     mean_full = od_full[inner_tissue].mean(axis=0)
@@ -186,6 +188,7 @@ def test_unknown_marker_lists_the_valid_ones():
         lambda: synthetic_he((64, 64), scale=(1, 1, 1)),
         lambda: synthetic_he((64, 64), noise=-1),
         lambda: synthetic_he((64, 64), mpp=0),
+        lambda: synthetic_he((64, 64), stain_matrix="hedab"),
         lambda: SyntheticTissue(seed="a"),
         lambda: render(np.zeros((4, 4, 3), np.float32), RUIFROK_HE),
         lambda: synthetic_pair((64, 64), matrix_b="nope"),

@@ -231,3 +231,15 @@ def test_too_little_tissue_names_the_image(images):
         get_normalizer("macenko").fit(np.full((300, 300, 3), 250, np.uint8), name="almost blank")
     with pytest.raises(StainEstimationError, match="^target image: too little tissue"):
         get_normalizer("vahadane").fit(images["source"][:10, :10])
+
+
+def test_fit_on_a_list_pools_the_images(images):
+    # Reinhard's statistics are moments: the same image twice gives the same moments.
+    one = get_normalizer("reinhard").fit(images["target"]).target_state
+    two = get_normalizer("reinhard").fit([images["target"], images["target"]]).target_state
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-9)
+    mixed = get_normalizer("reinhard").fit([images["target"], images["source"]]).target_state
+    src = get_normalizer("reinhard").fit(images["source"]).target_state
+    lo, hi = torch.minimum(one["mean"], src["mean"]), torch.maximum(one["mean"], src["mean"])
+    assert torch.all((mixed["mean"] >= lo) & (mixed["mean"] <= hi))

@@ -86,7 +86,16 @@ def test_complete_matrix_is_invertible_and_keeps_stains():
 def test_lab_matches_skimage():
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (4096, 3), dtype=np.uint8)
-    rgb[:8] = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255], [1, 1, 1], [10, 10, 10], [128, 128, 128]]
+    rgb[:8] = [
+        [0, 0, 0],
+        [255, 255, 255],
+        [255, 0, 0],
+        [0, 255, 0],
+        [0, 0, 255],
+        [1, 1, 1],
+        [10, 10, 10],
+        [128, 128, 128],
+    ]
     ref = color.rgb2lab(rgb[None])[0]
     # scikit-image uses the rounded CIE constants 0.008856 and 7.787 where we
     # use 216/24389 and 24389/27/116; for dark colours that moves L, a, b by
@@ -103,7 +112,9 @@ def test_lab_matches_skimage():
 
 def test_ciede2000_matches_sharma_reference_pairs_and_skimage():
     # Sharma, Wu & Dalal (2005), test data pairs 1, 2, 3 and 7.
-    lab1 = np.array([[50, 2.6772, -79.7751], [50, 3.1571, -77.2803], [50, 2.8361, -74.0200], [50, 0, 0]])
+    lab1 = np.array(
+        [[50, 2.6772, -79.7751], [50, 3.1571, -77.2803], [50, 2.8361, -74.0200], [50, 0, 0]]
+    )
     lab2 = np.array([[50, 0, -82.7485], [50, 0, -82.7485], [50, 0, -82.7485], [50, -1, 2]])
     de = delta_e_ciede2000(torch.from_numpy(lab1), torch.from_numpy(lab2)).numpy()
     np.testing.assert_allclose(de, [2.0425, 2.8615, 3.4412, 2.3669], atol=1e-4)

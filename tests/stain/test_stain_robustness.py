@@ -29,7 +29,17 @@ def _inputs(images):
     }
 
 
-INPUTS = ["white", "almost_white", "pen", "ihc", "black", "saturated", "1x1", "single_colour", "empty"]
+INPUTS = [
+    "white",
+    "almost_white",
+    "pen",
+    "ihc",
+    "black",
+    "saturated",
+    "1x1",
+    "single_colour",
+    "empty",
+]
 
 
 @pytest.mark.parametrize("slide_level", [False, True], ids=["per-image", "slide-level"])

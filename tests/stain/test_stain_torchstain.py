@@ -59,8 +59,12 @@ def test_stain_vectors_agree(images, reference):
 
 def test_transform_agrees_given_the_same_statistics(images, reference):
     norm = get_normalizer("macenko", lut=False)
-    norm.target_state = dict(zip(("stain_matrix", "max_concentrations"), reference["target"]))
-    norm.source_state = dict(zip(("stain_matrix", "max_concentrations"), reference["source"]))
+    norm.target_state = dict(
+        zip(("stain_matrix", "max_concentrations"), reference["target"], strict=True)
+    )
+    norm.source_state = dict(
+        zip(("stain_matrix", "max_concentrations"), reference["source"], strict=True)
+    )
     src = images["source"]
     out = norm.transform(src).astype(int)
     ref = np.clip(reference["output"], 0, 255)

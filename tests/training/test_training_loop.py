@@ -272,3 +272,49 @@ def test_resume_after_sigkill(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     la = [(r["step"], r["loss"]) for r in read_loss_log(tmp_path / "whole")]
     assert la == [(r["step"], r["loss"]) for r in read_loss_log(tmp_path / "killed")]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("small_target", r"t2\.png: target 32×32 is smaller than the training size 64"),
+        ("garbage", r"t4\.png: cannot be read as an image"),
+        ("misaligned", r"t1\.png: stylised tile 48×64 is not aligned"),
+        ("mixed", r"t0\.png: tile 64×64 is smaller than the training size 64 × 2"),
+    ],
+)
+def test_bad_data_is_refused_before_the_run_folder_is_written(data, tmp_path, damage, message):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    extra = {}
+    if damage == "small_target":
+        write_png(bad / "target" / "t2.png", np.zeros((32, 32, 3), np.uint8))
+    elif damage == "garbage":
+        (bad / "source" / "t4.png").write_bytes(b"\x89PNG not really")
+    elif damage == "misaligned":
+        write_png(bad / "stylised" / "t1.png", np.zeros((64, 48, 3), np.uint8))
+    else:
+        extra["mixed_magnification"] = True
+    out = tmp_path / "run"
+    with pytest.raises(ParameterError, match=message) as err:
+        train(_cfg(bad, out, steps=1, **extra))
+    assert "\n" not in str(err.value)
+    assert not out.exists()
+    # Nothing was left behind: the corrected start in the same folder goes ahead.
+    assert train(_cfg(data, out, steps=1, lr=1e-3)).name == "step-00000001"
+
+
+def test_16_bit_images_are_refused_from_their_header(data, tmp_path):
+    import shutil
+
+    import imagecodecs
+
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    deep = np.zeros((64, 64, 3), np.uint16)
+    (bad / "stylised" / "t5.png").write_bytes(imagecodecs.png_encode(deep))
+    with pytest.raises(ParameterError, match=r"t5\.png: expected an 8-bit RGB or grey image"):
+        TripletDataset(bad, size=64).check()
+    TripletDataset(data, size=64).check()  # the intact set passes

@@ -32,8 +32,8 @@ from ..tiling.plan import TilePlan
 from ..tiling.store import TileCache
 from ..tiling.tissue import detect_tissue
 from .progress import BatchProgress, TqdmProgress, Tracker
-from .schedulers import default_threads, make_executor, parse_scheduler, torch_threads
-from .source import open_source
+from .schedulers import InProcess, connect, default_threads, parse_scheduler, torch_threads
+from .source import SlideSource, open_source
 from .units import OpenRun, RunContext, blend_groups, groups, output_chunks
 
 FORMAT_VERSION = 1
@@ -182,32 +182,36 @@ def normalize_slide(
         raise SlideWriteError(f"{output}: already exists (pass overwrite=True to replace it)")
 
     report = TqdmProgress() if progress is True else (progress or None)
+    cluster = connect(choice, connect_timeout)
     try:
         with torch_threads():
             return _run(
-                slide, output, fmt, work, choice, report, method=method, target=target,
+                slide, output, fmt, work, cluster, report, method=method, target=target,
                 weights=weights, stainer=stainer, tile=tile, overlap=overlap, level=level,
                 seed=seed, resume=resume, overwrite=overwrite, device=device,
                 batch_size=batch_size, tissue=tissue, window=window, noise=noise,
                 compression=compression, quality=quality, mpp=mpp,
-                connect_timeout=connect_timeout, stainer_params=stainer_params,
+                stainer_params=stainer_params,
             )  # fmt: skip
     finally:
+        if cluster is not None:
+            cluster.close()
         if isinstance(report, TqdmProgress):
             report.close()
 
 
-def _run(slide, output, fmt, work, choice, report, **o) -> Path:
+def _run(slide, output, fmt, work, cluster, report, **o) -> Path:
     src = open_source(slide, o["mpp"])
     level = src.check_level(o["level"])
+    overview = _with_overview(src)
     stainer = o["stainer"]
     if stainer is None:
         stainer = make_stainer(
-            o["method"], o["target"], o["weights"], slide=src, device=o["device"],
+            o["method"], o["target"], o["weights"], slide=overview, device=o["device"],
             seed=o["seed"], **o["stainer_params"],
         )  # fmt: skip
-    stainer = _with_slide_statistics(stainer, src)
-    switch = detect_tissue(src) if o["tissue"] else None
+    stainer = _with_slide_statistics(stainer, overview)
+    switch = detect_tissue(overview) if o["tissue"] else None
     image = src.levels[level]
     plan = TilePlan(
         image, stainer.spec, tile=o["tile"], overlap=o["overlap"], mpp=src.level_mpp(level),
@@ -276,11 +280,10 @@ def _run(slide, output, fmt, work, choice, report, **o) -> Path:
             cache_path, plan.grid.n_rows, plan.grid.n_cols, plan.tile, fingerprint
         ),
     )  # fmt: skip
-    executor = make_executor(ctx, here, choice, o["connect_timeout"], default_threads(o["device"]))
-    try:
-        _execute(executor, here, plan, direct, batch, out_tile, report)
-    finally:
-        executor.close()
+    executor = (
+        InProcess(here, default_threads(o["device"])) if cluster is None else cluster.start(ctx)
+    )
+    _execute(executor, here, plan, direct, batch, out_tile, report)
 
     pyr = ZarrPyramid.open(pyramid_path)
     _phase(report, "pyramid")
@@ -296,6 +299,20 @@ def _run(slide, output, fmt, work, choice, report, **o) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     _phase(report, "done")
     return output
+
+
+def _with_overview(src: SlideSource) -> SlideSource:
+    """``src`` with its low-resolution overview read into memory once.
+
+    Slide statistics and the tissue mask are both computed on the same
+    overview (:func:`~napari_stainfuser.stain.tissue.slide_overview`); reading
+    it once instead of twice saves a pass over a level of up to 2048² px.
+    """
+    from ..stain.tissue import DEFAULT_MAX_SIDE, slide_overview
+
+    image, idx, _ = slide_overview(src, DEFAULT_MAX_SIDE)
+    levels = [*src.levels[:idx], image, *src.levels[idx + 1 :]]
+    return SlideSource(levels, src.mpp, src.path)
 
 
 def _with_slide_statistics(stainer, src):

@@ -58,6 +58,7 @@ class TqdmProgress:
     """A progress callback that draws a tqdm bar per phase (tiles, tiles/s, ETA)."""
 
     UNITS = {"stain": "tile", "blend": "chunk"}
+    STEPS = {"pyramid": "building the lower pyramid levels", "assemble": "writing the OME-TIFF"}
 
     def __init__(self, **tqdm_kw):
         self._bar = None
@@ -75,6 +76,8 @@ class TqdmProgress:
                     total=p.total, initial=p.done, unit=self.UNITS[p.phase], desc=p.phase,
                     **self._kw,
                 )  # fmt: skip
+            elif p.phase in self.STEPS:
+                tqdm.write(self.STEPS[p.phase] + " ...")
             return
         if self._bar is not None:
             self._bar.update(p.done - self._bar.n)

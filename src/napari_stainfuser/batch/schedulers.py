@@ -156,7 +156,9 @@ def _remote(kind: str, item, plugin: str) -> int:
 class OnCluster:
     """Run units as tasks on a dask.distributed cluster."""
 
-    def __init__(self, ctx: RunContext, choice: SchedulerChoice, connect_timeout: float = 5.0):
+    def __init__(self, choice: SchedulerChoice, connect_timeout: float = 5.0):
+        """Start or connect to the cluster: done first, so a bad address fails
+        before any slow work."""
         try:
             from distributed import Client, LocalCluster
         except ImportError as e:  # an optional dependency
@@ -185,8 +187,13 @@ class OnCluster:
         else:
             self.client = choice.client
             self._own_client = False
+        self.plugin_name = None
+
+    def start(self, ctx: RunContext) -> OnCluster:
+        """Have every worker (and any that joins later) build the run once."""
         self.plugin_name = f"napari-stainfuser-{os.getpid()}-{id(ctx):x}"
         self.client.register_plugin(StainerPlugin(ctx), name=self.plugin_name)
+        return self
 
     @property
     def n_workers(self) -> int:
@@ -207,22 +214,18 @@ class OnCluster:
 
     def close(self) -> None:
         # The cluster may already be gone; then there is nothing to undo.
-        with contextlib.suppress(Exception):
-            self.client.unregister_worker_plugin(self.plugin_name)
+        if self.plugin_name is not None:
+            with contextlib.suppress(Exception):
+                self.client.unregister_worker_plugin(self.plugin_name)
+            self.plugin_name = None
         if self._own_client:
             self.client.close()
         if self._cluster is not None:
             self._cluster.close()
 
 
-def make_executor(
-    ctx: RunContext,
-    run: OpenRun,
-    choice: SchedulerChoice,
-    connect_timeout: float = 5.0,
-    threads: int = 2,
-):
-    """An executor for ``choice``; ``run`` is this process's already open run."""
+def connect(choice: SchedulerChoice, connect_timeout: float = 5.0) -> OnCluster | None:
+    """The cluster for ``choice`` (None: run in this process)."""
     if choice.kind == "threads":
-        return InProcess(run, threads)
-    return OnCluster(ctx, choice, connect_timeout)
+        return None
+    return OnCluster(choice, connect_timeout)

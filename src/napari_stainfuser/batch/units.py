@@ -84,23 +84,28 @@ class OpenRun:
 
     # -- units --------------------------------------------------------------------------
 
-    def _stain(self, tiles: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+    def _stain(self, tiles, loaded=None) -> dict[tuple[int, int], np.ndarray]:
         if not tiles:
             return {}
-        loaded = [self.plan.load(r, c) for r, c in tiles]
+        loaded = loaded or [self.plan.load(r, c) for r, c in tiles]
         outs = stain_batch(self.stainer, [x for x, _ in loaded], [n for _, n in loaded])
         return {rc: o.tile for rc, o in zip(tiles, outs, strict=True)}
 
     def run_direct(self, tiles: list[tuple[int, int]]) -> int:
         """Stain a group of tiles and write each as its output chunk."""
         todo = [rc for rc in tiles if not self.chunk_done(*rc)]
-        stained = self._stain([rc for rc in todo if self.plan.has_tissue(*rc)])
+        tissue = [rc for rc in todo if self.plan.has_tissue(*rc)]
+        loaded = [self.plan.load(r, c) for r, c in tissue]
+        inputs = {rc: x for rc, (x, _) in zip(tissue, loaded, strict=True)}
+        stained = self._stain(tissue, loaded)
         h, w = self.plan.shape
         t = self.plan.tile
         for r, c in todo:
             y0, x0 = r * t, c * t
             y1, x1 = min(y0 + t, h), min(x0 + t, w)
-            out = self.plan.assemble(y0, y1, x0, x1, lambda rr, cc: stained[rr, cc])
+            # Keep the pixels already read: the tissue switch needs them.
+            original = inputs[r, c][: y1 - y0, : x1 - x0] if (r, c) in inputs else None
+            out = self.plan.assemble(y0, y1, x0, x1, lambda rr, cc: stained[rr, cc], original)
             self.pyramid.write_region(out, y0, x0)
         return len(tiles)
 

@@ -1,31 +1,35 @@
 """StainFuser: the conditional latent diffusion model, its checkpoints, sampling and weight lookup.
 
-diffusers lives here and nowhere else in the package.
+diffusers lives here and nowhere else in the package. Submodules load on first
+use, so light helpers (configs, weight lookup, atomic writes) do not import
+torch's model zoo.
 """
 
-from .checkpoint import read_state_dict, save_checkpoint
-from .configs import ModelConfigs, load_configs
-from .lookup import ENV_VAR, HF_REPO_ID, find_weights
-from .model import StainFuser, to_uint8
-from .networks import StainFuserNetworks, build_networks
-from .sampling import SCHEDULERS, denoise, make_scheduler
-from .size import ModelSize, model_size
+from importlib import import_module
 
-__all__ = [
-    "ENV_VAR",
-    "HF_REPO_ID",
-    "SCHEDULERS",
-    "ModelConfigs",
-    "ModelSize",
-    "StainFuser",
-    "StainFuserNetworks",
-    "build_networks",
-    "denoise",
-    "find_weights",
-    "load_configs",
-    "make_scheduler",
-    "model_size",
-    "read_state_dict",
-    "save_checkpoint",
-    "to_uint8",
-]
+_LAZY = {
+    "ENV_VAR": ".lookup",
+    "HF_REPO_ID": ".lookup",
+    "find_weights": ".lookup",
+    "ModelConfigs": ".configs",
+    "load_configs": ".configs",
+    "read_state_dict": ".checkpoint",
+    "save_checkpoint": ".checkpoint",
+    "StainFuser": ".model",
+    "to_uint8": ".model",
+    "StainFuserNetworks": ".networks",
+    "build_networks": ".networks",
+    "SCHEDULERS": ".sampling",
+    "denoise": ".sampling",
+    "make_scheduler": ".sampling",
+    "ModelSize": ".size",
+    "model_size": ".size",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

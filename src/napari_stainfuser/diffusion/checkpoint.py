@@ -7,8 +7,6 @@ every shape mismatch is reported, unlike the official ``strict=False``.
 """
 
 import os
-import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +15,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
-from .configs import write_configs, write_json_atomic
+from .atomic import replace_atomic, write_json_atomic
+from .configs import write_configs
+from .load_errors import load_error_summary
 from .networks import StainFuserNetworks
 
 WEIGHTS_NAME = "checkpoint.safetensors"
@@ -39,18 +39,6 @@ def strip_ddp_prefix(state: dict) -> dict:
     return state
 
 
-def _pickle_refusal(exc: Exception) -> str:
-    # torch's message spans a page; keep the part that names the culprit.
-    text = str(exc)
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if match:
-        return f"it holds a non-tensor object ({match.group(1)})"
-    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
-    if match:
-        return " ".join(match.group(1).split())
-    return next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-
-
 def read_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
     """Key -> shape from a safetensors header without reading the tensors (None for pickles)."""
     if path.suffix != ".safetensors":
@@ -59,12 +47,32 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
         with safe_open(path, framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a mapping)
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({load_error_summary(exc)})"
+        ) from None
 
 
-def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict:
-    """The flat state dict stored in ``path`` (.safetensors or a weights-only pickle)."""
+def _caster(dtype: torch.dtype | None, fp32_prefixes: tuple[str, ...]):
+    def cast(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if key.removeprefix("module.").startswith(fp32_prefixes):
+            return tensor.float()
+        return tensor.to(dtype) if dtype is not None else tensor
+
+    return cast
+
+
+def read_state_dict(
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    fp32_prefixes: tuple[str, ...] = (),
+) -> dict:
+    """The flat state dict stored in ``path`` (.safetensors or a weights-only pickle).
+
+    Tensors are cast to ``dtype`` (None: as stored), except those whose key
+    starts with one of ``fp32_prefixes``, which are read as float32.
+    """
     path = Path(path)
+    cast = _caster(dtype, tuple(fp32_prefixes))
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -73,25 +81,24 @@ def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -
             with safe_open(path, framework="pt", device="cpu") as f:
                 for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                     # One tensor at a time, so casting never holds two copies of the model.
-                    tensor = f.get_tensor(key)
-                    state[key] = tensor.to(dtype) if dtype is not None else tensor
+                    state[key] = cast(key, f.get_tensor(key))
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CheckpointError(
-                f"{path}: not a readable safetensors file (truncated or corrupt: {exc})"
+                f"{path}: not a readable safetensors file "
+                f"(truncated or corrupt: {load_error_summary(exc)})"
             ) from None
     elif path.suffix in PICKLE_SUFFIXES:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
             raise CheckpointError(
-                f"{path}: refused by torch.load(weights_only=True): {_pickle_refusal(exc)}"
+                f"{path}: refused by torch.load(weights_only=True): {load_error_summary(exc)}"
             ) from None
         if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
         ):
             raise CheckpointError(f"{path}: expected a flat dict of tensors (official layout)")
-        if dtype is not None:
-            state = {k: v.to(dtype) for k, v in state.items()}
+        state = {k: cast(k, v) for k, v in state.items()}
     else:
         raise CheckpointError(
             f"{path}: unknown checkpoint type {path.suffix!r} "
@@ -127,8 +134,17 @@ def check_state_dict(
     )
 
 
-def load_weights(networks: StainFuserNetworks, path: str | os.PathLike, dtype=None) -> None:
-    """Strictly load ``path`` into ``networks`` (which may live on the meta device)."""
+def load_weights(
+    networks: StainFuserNetworks,
+    path: str | os.PathLike,
+    dtype=None,
+    fp32_prefixes: tuple[str, ...] = (),
+) -> None:
+    """Strictly load ``path`` into ``networks`` (which may live on the meta device).
+
+    ``dtype`` casts the weights, except keys under ``fp32_prefixes`` (e.g. a
+    VAE whose config asks for ``force_upcast``), which stay float32.
+    """
     path = Path(path)
     expected = {k: tuple(v.shape) for k, v in networks.state_dict().items()}
     origin = networks.configs.origin
@@ -136,7 +152,7 @@ def load_weights(networks: StainFuserNetworks, path: str | os.PathLike, dtype=No
     if shapes is not None:
         # Check the header first: a wrong 5 GB file fails before it is read.
         check_state_dict(expected, strip_ddp_prefix(shapes), path, origin)
-    state = read_state_dict(path, dtype=dtype)
+    state = read_state_dict(path, dtype=dtype, fp32_prefixes=fp32_prefixes)
     check_state_dict(expected, {k: tuple(v.shape) for k, v in state.items()}, path, origin)
     networks.load_state_dict(state, strict=True, assign=True)
 
@@ -148,8 +164,10 @@ def save_checkpoint(model, directory: str | os.PathLike, metadata: dict | None =
     weights are one safetensors file in the official flat layout, so the
     official code loads it too. ``metadata`` (training data, steps,
     magnification, ...) goes to ``metadata.json``, which is written last: its
-    presence marks a complete checkpoint. Every file is written under a
-    temporary name and renamed.
+    presence marks a complete checkpoint. The configs are written under our
+    names and under the official ``sd21b_*_config.json`` ones, so the folder is
+    also a config folder for the official code. Every file is written under a
+    temporary name, synced to disk and renamed.
     """
     networks = getattr(model, "networks", model)
     if not isinstance(networks, StainFuserNetworks):
@@ -159,14 +177,12 @@ def save_checkpoint(model, directory: str | os.PathLike, metadata: dict | None =
     write_configs(networks.configs, directory)
     state = {k: v.detach().to("cpu").contiguous() for k, v in networks.state_dict().items()}
     weights = directory / WEIGHTS_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt", "layout": "stainfuser-official-flat"})
-        os.replace(tmp, weights)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_atomic(
+        weights,
+        lambda tmp: save_file(
+            state, tmp, metadata={"format": "pt", "layout": "stainfuser-official-flat"}
+        ),
+    )
     record = {
         "format": FORMAT,
         "weights": WEIGHTS_NAME,

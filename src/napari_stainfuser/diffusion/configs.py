@@ -8,11 +8,11 @@ directory the built-in SD2.1-base configs (the published model's) are used.
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError
+from .atomic import write_json_atomic
 
 PARTS = ("unet", "vae", "scheduler")
 # Our names first: a directory written by save_checkpoint uses them.
@@ -77,21 +77,13 @@ def load_configs(config_dir: str | os.PathLike | None = None) -> ModelConfigs:
     return ModelConfigs(**parsed, origin=origin)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON under a temporary name, then rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_configs(configs: ModelConfigs, directory: str | os.PathLike) -> None:
-    """Write the configs under our file names into ``directory``."""
+    """Write the configs into ``directory`` under our names and the official ones.
+
+    The official code reads ``sd21b_{unet,vae,scheduler}_config.json`` from its
+    config folder, so a checkpoint folder we write serves as that folder too.
+    """
     directory = Path(directory)
     for part in PARTS:
-        write_json_atomic(directory / FILE_NAMES[part][0], getattr(configs, part))
+        for name in FILE_NAMES[part]:
+            write_json_atomic(directory / name, getattr(configs, part))

@@ -2,10 +2,15 @@
 
 Looked for, in order:
 
-1. an explicit path (a file, or a directory holding ``checkpoint.safetensors``
-   or ``checkpoint.pth``);
+1. an explicit path (a file, or a directory holding the weights);
 2. the ``STAINFUSER_WEIGHTS`` environment variable (same forms);
-3. an existing local Hugging Face cache of ``R-J/StainFuser``, read offline.
+3. an existing local Hugging Face cache of ``R-J/StainFuser``, read offline:
+   the snapshot ``refs/main`` points to, else the newest snapshot.
+
+In a directory or snapshot the weights are ``checkpoint.safetensors`` or
+``checkpoint.pth`` if present, else its only ``*.safetensors`` file, else its
+only ``*.pth`` file (safetensors is preferred: it cannot run code). Several
+candidates and none of the usual names is an error that lists them.
 """
 
 import os
@@ -17,6 +22,7 @@ ENV_VAR = "STAINFUSER_WEIGHTS"
 HF_REPO_ID = "R-J/StainFuser"
 HF_URL = f"https://huggingface.co/{HF_REPO_ID}"
 WEIGHT_FILES = ("checkpoint.safetensors", "checkpoint.pth")
+WEIGHT_SUFFIXES = (".safetensors", ".pth")
 
 
 def hf_cache_dirs() -> list[Path]:
@@ -42,10 +48,20 @@ def hf_cache_dirs() -> list[Path]:
 
 
 def weights_in_directory(directory: Path) -> Path | None:
-    """The StainFuser weight file inside ``directory``, safetensors first."""
+    """The StainFuser weight file inside ``directory`` (see the module docstring), or None."""
     for name in WEIGHT_FILES:
         if (directory / name).is_file():
             return directory / name
+    for suffix in WEIGHT_SUFFIXES:
+        found = sorted(p for p in directory.glob(f"*{suffix}") if p.is_file())
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = ", ".join(p.name for p in found)
+            raise CheckpointError(
+                f"{directory} holds several {suffix} files ({names}); "
+                "pass the checkpoint file itself"
+            )
     return None
 
 
@@ -56,27 +72,30 @@ def _resolve(path: Path, what: str) -> Path:
         found = weights_in_directory(path)
         if found is None:
             raise CheckpointError(
-                f"{what} {path} is a directory without {' or '.join(WEIGHT_FILES)}"
+                f"{what} {path} is a directory without a .safetensors or .pth checkpoint"
             )
         return found
     raise CheckpointError(f"{what} not found: {path}")
 
 
+def _snapshot(repo: Path) -> Path | None:
+    """The snapshot folder ``refs/main`` names, else the newest one (copied caches)."""
+    snapshots = repo / "snapshots"
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        commit = ref.read_text(encoding="utf-8").strip()
+        if commit and (snapshots / commit).is_dir():
+            return snapshots / commit
+    if not snapshots.is_dir():
+        return None
+    found = [p for p in snapshots.iterdir() if p.is_dir()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def find_in_hf_cache(cache_dir: Path) -> Path | None:
     """The cached R-J/StainFuser weight file under ``cache_dir``, if any."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in WEIGHT_FILES:
-        hit = try_to_load_from_cache(HF_REPO_ID, name, cache_dir=cache_dir)
-        if isinstance(hit, str) and Path(hit).is_file():
-            return Path(hit)
-    # A snapshot without refs/main (copied caches, pinned revisions): take the newest.
-    snapshots = cache_dir / ("models--" + HF_REPO_ID.replace("/", "--")) / "snapshots"
-    if snapshots.is_dir():
-        found = [p for name in WEIGHT_FILES for p in snapshots.glob(f"*/{name}") if p.is_file()]
-        if found:
-            return max(found, key=lambda p: p.stat().st_mtime)
-    return None
+    snapshot = _snapshot(cache_dir / ("models--" + HF_REPO_ID.replace("/", "--")))
+    return weights_in_directory(snapshot) if snapshot is not None else None
 
 
 def find_weights(path: str | os.PathLike | None = None) -> Path:
@@ -94,6 +113,6 @@ def find_weights(path: str | os.PathLike | None = None) -> Path:
     raise CheckpointError(
         "no StainFuser weights found: no path given, "
         f"${ENV_VAR} is not set, and no {HF_REPO_ID} snapshot in the Hugging Face cache "
-        f"({', '.join(str(c) for c in caches)}); download {WEIGHT_FILES[0]} (5.26 GB, Apache-2.0) "
-        f"from {HF_URL} and pass its path or set ${ENV_VAR} to it"
+        f"({', '.join(str(c) for c in caches)}); download the checkpoint (.safetensors, "
+        f"5.26 GB, Apache-2.0) from {HF_URL} and pass its path or set ${ENV_VAR} to it"
     )

@@ -23,6 +23,15 @@ from .size import ModelSize, model_size
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def vae_runs_fp32(vae_config, compute_dtype: torch.dtype) -> bool:
+    """Whether the VAE must run in float32 while the rest computes in ``compute_dtype``.
+
+    SD2.1's VAE overflows in float16 (its config says ``force_upcast``); bfloat16
+    has float32's range and needs no upcast. Training honours the same flag.
+    """
+    return bool(vae_config.get("force_upcast", False)) and compute_dtype == torch.float16
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch.device, refusing accelerators this machine does not have."""
     try:
@@ -135,6 +144,11 @@ class StainFuser:
         self.reuse_across_steps = reuse_across_steps
         self._target_latents: torch.Tensor | None = None
         self.networks = networks.to(self.device).eval().requires_grad_(False)
+        vae = self.networks.encoder
+        if vae_runs_fp32(vae.config, vae.dtype):
+            vae.float()  # float16 weights: keep the VAE's in float32
+        # Under float16 autocast the VAE runs with autocast off, in float32.
+        self._vae_fp32 = vae_runs_fp32(vae.config, PRECISIONS[self.precision])
         if channels_last if channels_last is not None else self.device.type == "cuda":
             # Tensor-core convolutions want NHWC; on the CPU it is not reliably faster.
             self.networks.to(memory_format=torch.channels_last)
@@ -164,7 +178,9 @@ class StainFuser:
             config_dir = path.parent
         configs = load_configs(config_dir)
         networks = build_networks(configs, device="meta")
-        load_weights(networks, path, dtype=dtype)
+        # A force_upcast VAE is read in float32 directly: no round trip through float16.
+        keep = ("encoder.",) if vae_runs_fp32(configs.vae, dtype) else ()
+        load_weights(networks, path, dtype=dtype, fp32_prefixes=keep)
         return cls(networks, device=device, **options)
 
     @classmethod
@@ -176,13 +192,21 @@ class StainFuser:
         init_seed: int | None = None,
         **options,
     ) -> "StainFuser":
-        """A randomly initialised model (ControlNet copied from the UNet, as officially)."""
+        """A randomly initialised model (ControlNet copied from the UNet, as officially).
+
+        ``init_seed`` makes the weights reproducible without touching the
+        caller's random state: the initialisation runs on a forked RNG.
+        """
         dev = resolve_device(device)
         configs = load_configs(config_dir)
-        if init_seed is not None:
-            torch.manual_seed(init_seed)
-        networks = build_networks(configs, device=dev, controlnet_from_unet=True).to(dtype)
-        return cls(networks, device=dev, **options)
+        rng_devices = []
+        if dev.type == "cuda":
+            rng_devices = [dev.index if dev.index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=rng_devices, enabled=init_seed is not None):
+            if init_seed is not None:
+                torch.manual_seed(init_seed)
+            networks = build_networks(configs, device=dev, controlnet_from_unet=True)
+        return cls(networks.to(dtype), device=dev, **options)
 
     @staticmethod
     def describe(config_dir: str | os.PathLike | None = None) -> ModelSize:
@@ -232,6 +256,11 @@ class StainFuser:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
 
+    def _vae_autocast(self):
+        if self._vae_fp32:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return self._autocast()
+
     # -- speed switches ---------------------------------------------------------------
 
     def compile(self, vae: bool = True, **kwargs) -> "StainFuser":
@@ -279,7 +308,7 @@ class StainFuser:
         _check_unit_range(target, "target")
         self._latent_grid_check(target)
         vae = self.networks.encoder
-        with self._autocast():
+        with self._vae_autocast():
             dist = vae.encode(target.to(self.device, vae.dtype)).latent_dist
             z = dist.sample(generator) if sample else dist.mean
         return (z * self.networks.scaling_factor).float()
@@ -300,6 +329,20 @@ class StainFuser:
             )
         return latents.to(self.device)
 
+    def _check_x_t(self, x_t: torch.Tensor, t, source: torch.Tensor) -> None:
+        b, _, h, w = source.shape
+        f = self.multiple_of
+        shape = (b, self.networks.latent_channels, h // f, w // f)
+        if not isinstance(x_t, torch.Tensor) or tuple(x_t.shape) != shape:
+            got = tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
+            raise ParameterError(
+                f"x_t must have shape {shape} (the latent grid of the {h}×{w} source), got {got}"
+            )
+        if isinstance(t, torch.Tensor) and (t.ndim > 1 or t.numel() not in (1, b)):
+            raise ParameterError(
+                f"t must be a scalar or one timestep per tile ({b}), got shape {tuple(t.shape)}"
+            )
+
     @torch.inference_mode()
     def predict_noise(
         self,
@@ -311,6 +354,7 @@ class StainFuser:
         """One network evaluation: eps for noisy latents ``x_t`` at timestep(s) ``t``."""
         source = self._check_source(source)
         target_latents = self._check_target_latents(target_latents, source.shape[0])
+        self._check_x_t(x_t, t, source)
         if isinstance(t, torch.Tensor):
             t = t.to(self.device)
         with self._autocast():
@@ -336,7 +380,7 @@ class StainFuser:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images, the VAE decoder's output (nominally in [-1, 1])."""
         vae = self.networks.encoder
-        with self._autocast():
+        with self._vae_autocast():
             images = vae.decode((latents / self.networks.scaling_factor).to(vae.dtype)).sample
         return images.float()
 
@@ -385,15 +429,17 @@ class StainFuser:
 
         ``target`` is an RGB image (H×W×3 or 3×H×W, uint8 or float in [0, 1]).
         It is centre-cropped to at most the tile size, as the official code pairs
-        each tile with a target of its own size (512² by default); a target
-        smaller than the model's latent grid (512² for SD2.1-base) is refused.
-        Returns the cached latents.
+        each tile with a target of its own size (512² by default), but never
+        below the model's latent grid (512² for SD2.1-base): a smaller tile size
+        still gets a full-grid target, and a target smaller than the grid is
+        refused. Returns the cached latents.
         """
         x = image_to_unit_tensor(target, "target")
         self._latent_grid_check(x)
         f = self.multiple_of
         h, w = x.shape[-2:]
-        ch, cw = min(h, self.tile_size) // f * f, min(w, self.tile_size) // f * f
+        edge = max(self.tile_size, self.networks.target_size)
+        ch, cw = min(h, edge) // f * f, min(w, edge) // f * f
         top, left = (h - ch) // 2, (w - cw) // 2
         x = x[..., top : top + ch, left : left + cw]
         self._target_latents = self.encode_target(x)

@@ -20,11 +20,17 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from ..errors import ParameterError
 from .networks import StainFuserNetworks
 
-# name -> (class, overrides on top of the model's scheduler config)
+# name -> (class, overrides on top of the model's scheduler config).
+# The model's config is PNDM's, so it lacks the keys of the other schedulers and
+# diffusers would fill in its defaults. Some of those defaults assume pixel-space
+# diffusion: DDIM clips its x0 estimate to [-1, 1] (``clip_sample=True``), but
+# latents scaled by 0.18215 reach |x| of several tens. Every switch that bounds
+# or rescales the sample is therefore pinned off here.
+_UNBOUNDED = {"thresholding": False}
 SCHEDULERS: dict[str, tuple[type, dict]] = {
     "pndm": (PNDMScheduler, {"skip_prk_steps": True}),  # PLMS: the reference sampler
-    "ddim": (DDIMScheduler, {}),
-    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "ddim": (DDIMScheduler, {**_UNBOUNDED, "clip_sample": False}),
+    "dpm++": (DPMSolverMultistepScheduler, {**_UNBOUNDED, "algorithm_type": "dpmsolver++"}),
     "euler": (EulerDiscreteScheduler, {}),
 }
 _ALIASES = {"plms": "pndm", "dpmsolver++": "dpm++", "dpm-solver++": "dpm++", "dpmpp": "dpm++"}

@@ -236,7 +236,8 @@ class Engine:
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        if wait:
+        # From a callback on the worker itself there is nothing to wait for.
+        if wait and threading.current_thread() is not self._thread:
             self._thread.join()
             self._loader.shutdown(wait=True)
 

@@ -49,7 +49,9 @@ def ssim(a, b, data_range: float | None = None, sigma: float = 1.5) -> float:
     truncate = 3.5
     pad = int(truncate * sigma + 0.5)
     if min(a.shape[:2]) <= 2 * pad:
-        raise ParameterError(f"images of shape {a.shape} are too small for SSIM (need > {2 * pad} px)")
+        raise ParameterError(
+            f"images of shape {a.shape} are too small for SSIM (need > {2 * pad} px)"
+        )
     c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
     scores = []
     for ch in range(a.shape[-1]):

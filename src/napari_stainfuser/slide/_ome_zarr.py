@@ -169,7 +169,7 @@ def as_aligned_dask(image, tile: int) -> da.Array:
 STRIP_BYTES = 256 * 2**20
 
 
-def _row_strips(row_chunks: tuple[int, ...], row_bytes: int) -> Iterator[tuple[int, int]]:
+def row_strips(row_chunks: tuple[int, ...], row_bytes: int) -> Iterator[tuple[int, int]]:
     """Runs of whole chunk rows, each under STRIP_BYTES (at least one chunk row)."""
     y0 = y = 0
     for c in row_chunks:
@@ -183,7 +183,7 @@ def _row_strips(row_chunks: tuple[int, ...], row_bytes: int) -> Iterator[tuple[i
 def _store_yxc(image: da.Array, target: zarr.Array) -> None:
     """Store a tile-aligned Y×X×3 dask array into a (3, Y, X) zarr array, in row strips."""
     row_bytes = image.shape[1] * image.shape[2] * image.dtype.itemsize
-    for y0, y1 in _row_strips(image.chunks[0], row_bytes):
+    for y0, y1 in row_strips(image.chunks[0], row_bytes):
         strip = image[y0:y1].transpose(2, 0, 1)
         da.store(strip, target, regions=(slice(None), slice(y0, y1), slice(None)), lock=False)
 

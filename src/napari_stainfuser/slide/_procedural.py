@@ -162,19 +162,35 @@ class Octaves:
                 self.const += 0.5 * w / total
 
     def __call__(self, ys, xs) -> np.ndarray:
+        return self.evaluate(ys, xs)[0]
+
+    def evaluate(self, ys, xs, decide=None):
+        """(sum, None), or (decision, True) as soon as `decide` settles it.
+
+        After each octave but the last, ``decide(partial, rest_lo, rest_hi)``
+        sees the partial sum and the range the remaining octaves can add (each
+        is in [0, 1), so [0, their weight)); if it returns an array, evaluation
+        stops there. The partial sums are the same operations in the same order
+        as the full sum.
+        """
         out = None
-        for key, cell, wt in self.terms:
+        for k, (key, cell, wt) in enumerate(self.terms):
             n = value_noise(key, ys, xs, cell)
             n *= wt
             if out is None:
                 out = n
             else:
                 out += n
+            if decide is not None and k + 1 < len(self.terms):
+                rest = sum(float(w) for _, _, w in self.terms[k + 1 :])
+                settled = decide(out, self.const, self.const + rest)
+                if settled is not None:
+                    return settled, True
         if out is None:
-            return np.full((len(ys), len(xs)), self.const, np.float32)
+            return np.full((len(ys), len(xs)), self.const, np.float32), None
         if self.const:
             out += np.float32(self.const)
-        return out
+        return out, None
 
     def bounds(self, ys, xs):
         """(min, max) the sum can take on the grid ys × xs (see value_noise_bounds)."""

@@ -79,7 +79,7 @@ class _Strip:
 
     def __init__(self, model: TissueModel, feats: _Features, ys, xs, tm):
         h, w = len(ys), len(xs)
-        self.tm = tm
+        self.tm = tm  # None where the strip is all tissue
         self.tex = model.texture(ys, xs)
         self.dens = _scaled(model.density(ys, xs), 0.7, 0.6)
         self.model, self.ys, self.xs = model, ys, xs
@@ -130,10 +130,13 @@ def _by_strip(model, y0, y1, x0, x1, n_out, compose, marker=None):
     feats = None
     for s0, s1 in strips(y0, y1, x1 - x0):
         ys = ys_all[s0 - y0 : s1 - y0]
-        const = whole if whole is not None else model.tissue_constant(ys, xs)
-        if const == 0.0:
-            continue
-        tm = np.ones((s1 - s0, x1 - x0), F32) if const == 1.0 else model.tissue(ys, xs)
+        # tm None: tissue everywhere in the strip (coverage exactly 1).
+        tm = None if whole == 1.0 else model.tissue(ys, xs)
+        if tm is not None:
+            if not tm.any():
+                continue  # glass: all stains zero
+            if tm.min() == 1.0:
+                tm = None
         if feats is None:
             feats = _Features(model, y0, y1, x0, x1, marker)
         compose(_Strip(model, feats, ys, xs, tm), out[s0 - y0 : s1 - y0])
@@ -171,8 +174,9 @@ def _he(c: _Strip, out):
     eos *= 1 - F32(0.8) * nuc_a
     hem *= 1 - nuc_a
     hem += c.nuc_h
-    hem *= c.tm
-    eos *= c.tm
+    if c.tm is not None:
+        hem *= c.tm
+        eos *= c.tm
     out[..., 0] = hem
     out[..., 1] = eos
 
@@ -208,11 +212,12 @@ def _ihc(marker):
             dab = F32(1.6) * cell
             hem *= 1 - F32(0.75) * cell
         dab *= grain
-        hem *= c.tm
-        dab *= c.tm
+        if c.tm is not None:
+            hem *= c.tm
+            dab *= c.tm
         out[..., 0] = hem
         out[..., 1] = dab
-        out[..., 2] = (cell >= 0.5) & (c.tm >= 0.5)
+        out[..., 2] = (cell >= 0.5) if c.tm is None else (cell >= 0.5) & (c.tm >= 0.5)
 
     return compose
 

@@ -171,9 +171,13 @@ def concentrations_to_rgb(
     oy, ox = _check_pair(origin, "origin")
     h, w = conc.shape[:2]
     out = np.empty((h, w, 3), np.uint8)
+    glass = np.minimum(io_v * np.float32(1.0) + np.float32(0.5), 255).astype(np.uint8)
     for s0, s1 in strips(0, h, w):
         c = conc[s0:s1]
         nz = _noise(seed, noise_stream, s0 + oy, s1 + oy, ox, ox + w, sigma) if sigma else None
+        if nz is None and not c.any():
+            out[s0:s1] = glass  # exp(0) = 1: what the formula below gives for C = 0
+            continue
         for ch in range(3):
             # A fixed float32 formula per pixel, whatever the chunk or strip.
             od = c[..., 0] * ms[0, ch]
@@ -327,12 +331,16 @@ class SyntheticTissue:
         self, kind, conc_fn, shape, stain_matrix, scale, io, noise, chunks, origin, noise_stream
     ):
         m = _stain_matrix(stain_matrix)
-        scale_v, io_v, sigma = _check_scale(scale, m.shape[0]), _check_io(io), _check_noise(noise)
+        if m.shape[0] != 2:
+            raise ParameterError(
+                f"stain_matrix for H&E needs 2 rows (hematoxylin, eosin), got {m.shape[0]}"
+            )
+        scale_v, io_v, sigma = _check_scale(scale, 2), _check_io(io), _check_noise(noise)
         seed = self.seed
 
         def fn(y0, y1, x0, x1):
             # Concentrations and rendering in one task: no float block between tasks.
-            conc = conc_fn(y0, y1, x0, x1)[..., : m.shape[0]]
+            conc = conc_fn(y0, y1, x0, x1)
             return concentrations_to_rgb(
                 conc, m, scale_v, io_v, sigma, seed, noise_stream, (y0, x0)
             )

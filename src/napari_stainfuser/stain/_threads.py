@@ -39,7 +39,9 @@ def _executor() -> ThreadPoolExecutor:
     with _lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(
-                max_workers=n_workers(), thread_name_prefix="stainfuser-px", initializer=_init_worker
+                max_workers=n_workers(),
+                thread_name_prefix="stainfuser-px",
+                initializer=_init_worker,
             )
         return _pool
 
@@ -58,7 +60,7 @@ def single_threaded(fn: Callable[..., T], *args, **kwargs) -> T:
 def run_all(fn: Callable[[T], object], items: Iterable[T]) -> None:
     """Call ``fn`` on every item, spread over the workers; re-raises the first error."""
     items = list(items)
-    if in_pool() or len(items) <= 1:
+    if in_pool():
         for it in items:
             fn(it)
         return

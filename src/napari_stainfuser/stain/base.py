@@ -116,19 +116,45 @@ class StainNormalizer:
         self.io = check_io(io)
         self.max_pixels = int(_check_number(max_pixels, "max_pixels", 1, 1 << 30))
         self.max_side = int(_check_number(max_side, "max_side", 16, 1 << 20))
-        self.min_tissue_pixels = int(_check_number(min_tissue_pixels, "min_tissue_pixels", 1, 1 << 30))
+        self.min_tissue_pixels = int(
+            _check_number(min_tissue_pixels, "min_tissue_pixels", 1, 1 << 30)
+        )
         self.seed = int(seed)
         self.lut = lut
         self.tile_size = int(_check_number(tile_size, "tile_size", 1, 1 << 16))
         self.batch_size = int(_check_number(batch_size, "batch_size", 1, 1 << 16))
         self.device = str(device)
-        self.target_state: State | None = None
-        self.target_name: str | None = None
-        self.source_state: State | None = None
-        self.source_name: str | None = None
         self._lock = threading.Lock()
         self._table: np.ndarray | None = None
         self._device_tables: dict[str, torch.Tensor] = {}
+        self._target_state: State | None = None
+        self._source_state: State | None = None
+        self.target_name: str | None = None
+        self.source_name: str | None = None
+
+    # Statistics may also be assigned directly (e.g. when a fitted normalizer is
+    # rebuilt in another process); any assignment drops the lookup table.
+    @property
+    def target_state(self) -> State | None:
+        """Target statistics (float64 CPU tensors), or None before fitting."""
+        return self._target_state
+
+    @target_state.setter
+    def target_state(self, state: State | None) -> None:
+        with self._lock:  # waits for a table build in progress
+            self._target_state = state
+            self._invalidate()
+
+    @property
+    def source_state(self) -> State | None:
+        """Fixed (slide-level) source statistics, or None for per-image estimation."""
+        return self._source_state
+
+    @source_state.setter
+    def source_state(self, state: State | None) -> None:
+        with self._lock:  # waits for a table build in progress
+            self._source_state = state
+            self._invalidate()
 
     # -- what subclasses provide -------------------------------------------------
 
@@ -173,7 +199,9 @@ class StainNormalizer:
 
     def __repr__(self) -> str:
         p = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({p}; target={self.target_name!r}, source={self.source_name!r})"
+        return (
+            f"{type(self).__name__}({p}; target={self.target_name!r}, source={self.source_name!r})"
+        )
 
     # -- fitting -------------------------------------------------------------------
 
@@ -203,7 +231,7 @@ class StainNormalizer:
         in error messages (default: "target image", or the slide's path)."""
         state, label = self._fit_stats(target, name, "target image")
         with self._lock:
-            self.target_state, self.target_name = state, label
+            self._target_state, self.target_name = state, label
             self._invalidate()
         return self
 
@@ -212,14 +240,14 @@ class StainNormalizer:
         tile is transformed with these, never with its own."""
         state, label = self._fit_stats(source, name, "source image")
         with self._lock:
-            self.source_state, self.source_name = state, label
+            self._source_state, self.source_name = state, label
             self._invalidate()
         return self
 
     def reset_source(self) -> "StainNormalizer":
         """Forget fixed source statistics (back to per-image estimation)."""
         with self._lock:
-            self.source_state, self.source_name = None, None
+            self._source_state, self.source_name = None, None
             self._invalidate()
         return self
 
@@ -232,7 +260,14 @@ class StainNormalizer:
     def transform(self, x):
         """Normalize an H×W×3 numpy image (uint8, or float in [0, 1]) or a
         B×3×H×W torch tensor (uint8, or float in [0, 1]); returns the same type,
-        dtype, shape and device."""
+        dtype, shape and device.
+
+        Source statistics: the slide-level ones if :meth:`fit_source` was
+        called (uint8 input then goes through the lookup table, bit-identical
+        whatever the tiling); otherwise they are estimated from ``x`` itself,
+        per image of a batch, and an image with too little tissue to estimate
+        from is treated as already being in the target's stain.
+        """
         if self.target_state is None:
             raise ParameterError(
                 f"{self.name} normalizer has no target: call fit(target) or load a preset first"
@@ -247,13 +282,24 @@ class StainNormalizer:
 
     __call__ = transform
 
+    def prepare(self) -> "StainNormalizer":
+        """Build the lookup table now if source statistics are fixed (otherwise the
+        first uint8 transform builds it): call before a timed or latency-sensitive
+        pass. A no-op when the table is not used."""
+        if self.target_state is not None and self._use_lut():
+            self._lut()
+        return self
+
     def _use_lut(self) -> bool:
         return self.source_state is not None and self.lut is not False
 
     def _lut(self) -> np.ndarray:
         with self._lock:
             if self._table is None:
-                src, tgt = self._consts(self.source_state, "cpu"), self._consts(self.target_state, "cpu")
+                src, tgt = (
+                    self._consts(self.source_state, "cpu"),
+                    self._consts(self.target_state, "cpu"),
+                )
                 self._table = build_lut(lambda rgb: _to_uint8(self._map(rgb, src, tgt)))
             return self._table
 
@@ -316,7 +362,9 @@ class StainNormalizer:
             _check_unit_range(x, "x")
             if x.size == 0:
                 return x.copy()
-            scaled = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 3)) * 255.0
+            scaled = (
+                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 3)) * 255.0
+            )
             src = self._source_for(_quantize(scaled).numpy().reshape(x.shape))
             out = (self._direct(scaled, src) / 255.0).clamp_(0.0, 1.0)
             return out.numpy().reshape(x.shape).astype(x.dtype, copy=False)
@@ -335,7 +383,9 @@ class StainNormalizer:
         if not is_float and self._use_lut():
             if x.device.type == "cpu":
                 hwc = x.permute(0, 2, 3, 1).numpy()
-                return torch.from_numpy(apply_lut(self._lut(), hwc)).permute(0, 3, 1, 2).contiguous()
+                return (
+                    torch.from_numpy(apply_lut(self._lut(), hwc)).permute(0, 3, 1, 2).contiguous()
+                )
             return apply_lut_torch(self._lut_on(x.device), x)
         out = torch.empty_like(x)
         for b in range(x.shape[0]):
@@ -355,7 +405,9 @@ class StainNormalizer:
 
     def to_dict(self) -> dict[str, Any]:
         if self.target_state is None:
-            raise ParameterError(f"{self.name} normalizer has no target to save: call fit(target) first")
+            raise ParameterError(
+                f"{self.name} normalizer has no target to save: call fit(target) first"
+            )
         from .. import __version__
 
         return {
@@ -372,7 +424,10 @@ class StainNormalizer:
         """Write the fitted target as a small JSON stain preset (atomically)."""
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=2) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as e:
+            raise ParameterError(f"{path}: cannot write stain preset ({e.strerror})") from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
@@ -396,10 +451,11 @@ class StainNormalizer:
             except (TypeError, ValueError):
                 raise ParameterError(f"{source}: target {k!r} is not a list of numbers") from None
             if (shape is not None and tuple(v.shape) != shape) or not torch.isfinite(v).all():
-                raise ParameterError(f"{source}: target {k!r} has shape {tuple(v.shape)} or non-finite values")
+                raise ParameterError(
+                    f"{source}: target {k!r} has shape {tuple(v.shape)} or non-finite values"
+                )
             state[k] = v
         self.target_state = state
-        self._invalidate()
 
     def _state_keys(self) -> dict[str, tuple | None]:
         """State entries and their shapes (None: any)."""

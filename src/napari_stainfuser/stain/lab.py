@@ -16,6 +16,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ._threads import run_all
+
 # IEC 61966-2-1 (sRGB) primaries to CIE XYZ, D65.
 XYZ_FROM_RGB = np.array(
     [
@@ -172,8 +174,12 @@ def delta_e2000_rgb(rgb1, rgb2, chunk: int = 1 << 18) -> torch.Tensor:
     if a.shape != b.shape:
         raise ValueError(f"images differ in shape: {tuple(rgb1.shape)} vs {tuple(rgb2.shape)}")
     out = torch.empty(a.shape[0], dtype=torch.float64)
-    for i in range(0, a.shape[0], chunk):
-        out[i : i + chunk] = delta_e_ciede2000(rgb_to_lab(a[i : i + chunk]), rgb_to_lab(b[i : i + chunk]))
+
+    def job(i: int) -> None:
+        s = slice(i, i + chunk)
+        out[s] = delta_e_ciede2000(rgb_to_lab(a[s]), rgb_to_lab(b[s]))
+
+    run_all(job, range(0, a.shape[0], chunk))
     return out.reshape(tuple(rgb1.shape[:-1]))
 
 

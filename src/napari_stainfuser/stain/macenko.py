@@ -30,7 +30,7 @@ import math
 import torch
 
 from ..errors import StainEstimationError
-from .base import State, StainNormalizer, _check_number, mix, nearest_percentile
+from .base import StainNormalizer, State, _check_number, mix, nearest_percentile
 from .density import od_to_rgb, rgb_to_od, split_background
 
 # Smallest angle between stain vectors we still call two stains (≈ 1°).

@@ -19,9 +19,7 @@ RUIFROK_HE = _unit_rows([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105]])
 RUIFROK_HDAB = _unit_rows([[0.650, 0.704, 0.286], [0.268, 0.570, 0.776]])
 
 # Hematoxylin, eosin, DAB.
-RUIFROK_HEDAB = _unit_rows(
-    [[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]]
-)
+RUIFROK_HEDAB = _unit_rows([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
 
 STAIN_MATRICES = {"he": RUIFROK_HE, "hdab": RUIFROK_HDAB, "hedab": RUIFROK_HEDAB}
 

@@ -69,7 +69,7 @@ def load_normalizer(path, method: str | None = None, **params) -> StainNormalize
             f"{path}: corrupt stain preset ({e.msg} at line {e.lineno} column {e.colno})"
         ) from None
     if not isinstance(data, dict) or data.get("format") != PRESET_FORMAT:
-        raise ParameterError(f"{path}: not a stain preset (no \"format\": {PRESET_FORMAT!r})")
+        raise ParameterError(f'{path}: not a stain preset (no "format": {PRESET_FORMAT!r})')
     version = data.get("version")
     if not isinstance(version, int) or version > PRESET_VERSION:
         raise ParameterError(
@@ -87,7 +87,7 @@ def load_normalizer(path, method: str | None = None, **params) -> StainNormalize
     saved = data.get("params", {})
     target = data.get("target")
     if not isinstance(saved, dict) or not isinstance(target, dict):
-        raise ParameterError(f"{path}: stain preset needs \"params\" and \"target\" objects")
+        raise ParameterError(f'{path}: stain preset needs "params" and "target" objects')
     try:
         norm = get_normalizer(stored, **{**saved, **params})
     except ParameterError as e:

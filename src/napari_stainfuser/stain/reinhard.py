@@ -26,9 +26,8 @@ Deliberate differences from torchstain's ``ReinhardNormalizer``:
 import torch
 
 from ..errors import StainEstimationError
-from .base import State, StainNormalizer, _check_number
+from .base import StainNormalizer, State, _check_number
 from .lab import lab_planes, rgb_planes, rgb_to_lab
-
 
 # Smallest CIELAB standard deviation treated as a real spread of colours.
 _MIN_STD = 1.0
@@ -62,9 +61,9 @@ class ReinhardNormalizer(StainNormalizer):
         lab = lab_planes(*(rgb if rgb.dtype == torch.uint8 else rgb / 255.0))
         scale = (tgt["std"] / src["std"].clamp_min(_MIN_STD)).tolist()
         s_mean, t_mean = src["mean"].tolist(), tgt["mean"].tolist()
-        out = [(c - m) * k + tm for c, m, k, tm in zip(lab, s_mean, scale, t_mean)]
+        out = [(c - m) * k + tm for c, m, k, tm in zip(lab, s_mean, scale, t_mean, strict=True)]
         if self.white_knee < 100.0:
             t = ((lab[0] - self.white_knee) / (100.0 - self.white_knee)).clamp_(0.0, 1.0)
             t = t * t * (3.0 - 2.0 * t)  # smoothstep: no kink where the blend starts
-            out = [o + t * (c - o) for o, c in zip(out, lab)]
+            out = [o + t * (c - o) for o, c in zip(out, lab, strict=True)]
         return torch.stack(rgb_planes(*out)).clamp_(0.0, 1.0) * 255.0

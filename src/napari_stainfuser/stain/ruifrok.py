@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
-from .base import State, StainNormalizer, _check_number, mix
+from .base import StainNormalizer, State, _check_number, mix
 from .density import od_to_rgb, rgb_to_od, split_background
 from .macenko import concentration_ratio, max_concentrations, stain_od
 from .matrices import stain_matrix

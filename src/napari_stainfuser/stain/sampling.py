@@ -45,7 +45,9 @@ def tissue_pixels(
     """Tissue pixels (N×3 uint8) of an image, a list of images, or a slide.
 
     use_mask: False keeps every pixel (the caller filters, e.g. by optical density).
-    At most ``max_pixels`` are returned, drawn at random with ``seed``.
+    Images with a side longer than ``max_side`` are read on a regular grid of
+    every k-th pixel first. At most ``max_pixels`` are returned, drawn at
+    random with ``seed``.
     """
     label = describe(source, name, default_name)
     if is_slide(source):
@@ -60,6 +62,10 @@ def tissue_pixels(
     rng = np.random.default_rng(seed)
     parts = []
     for im in images:
+        step = -(-max(im.shape[:2], default=0) // max_side) if im.size else 1
+        if step > 1:
+            # A big in-memory image is sampled on a regular grid, like a slide overview.
+            im = im[::step, ::step]
         px = im[tissue_mask(im).mask] if use_mask else im.reshape(-1, 3)
         if len(px) > per_image:
             px = px[np.sort(rng.choice(len(px), per_image, replace=False))]

@@ -119,9 +119,7 @@ def slide_overview(slide, max_side: int = DEFAULT_MAX_SIDE) -> tuple[np.ndarray,
     levels = list(slide.levels)
     if not levels:
         raise ParameterError(f"slide {getattr(slide, 'path', '')!s}: has no levels")
-    idx = next(
-        (i for i, lv in enumerate(levels) if max(lv.shape[:2]) <= max_side), len(levels) - 1
-    )
+    idx = next((i for i, lv in enumerate(levels) if max(lv.shape[:2]) <= max_side), len(levels) - 1)
     lv = levels[idx]
     step = max(1, int(np.ceil(max(lv.shape[:2]) / max_side)))
     view = lv[::step, ::step] if step > 1 else lv
@@ -171,8 +169,12 @@ def _detect(image, saturation_bounds, luminance_bounds, opening, min_object):
         return np.zeros(image.shape[:2], bool), (float("nan"), float("nan"))
     sat, lum = saturation_luminance(image)
     # Bounds also stand in for Otsu when a channel is constant (NaN threshold).
-    t_sat = float(np.clip(np.nan_to_num(otsu_threshold(sat), nan=saturation_bounds[1]), *saturation_bounds))
-    t_lum = float(np.clip(np.nan_to_num(otsu_threshold(lum), nan=luminance_bounds[0]), *luminance_bounds))
+    t_sat = float(
+        np.clip(np.nan_to_num(otsu_threshold(sat), nan=saturation_bounds[1]), *saturation_bounds)
+    )
+    t_lum = float(
+        np.clip(np.nan_to_num(otsu_threshold(lum), nan=luminance_bounds[0]), *luminance_bounds)
+    )
     mask = (sat > t_sat) | (lum < t_lum)
     if opening > 0 and min(mask.shape) > 2 * opening:
         mask = ndimage.binary_opening(mask, structure=np.ones((2 * opening + 1,) * 2, bool))

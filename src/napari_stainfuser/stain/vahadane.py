@@ -24,7 +24,7 @@ scikit-learn ``DictionaryLearning``):
 
 import torch
 
-from .base import State, StainNormalizer, _check_number, mix
+from .base import StainNormalizer, State, _check_number, mix
 from .density import od_to_rgb, rgb_to_od, split_background
 from .dictionary import learn_dictionary, nn_lasso
 from .macenko import (

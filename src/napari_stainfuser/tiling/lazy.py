@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import json
 import threading
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import dask.array as da
@@ -27,8 +27,19 @@ import numpy as np
 from ..engine import BACKGROUND, VISIBLE, Engine
 from .plan import TilePlan
 from .store import ResultStore, TileCache
+from .tissue import detect_tissue
 
 _ids = itertools.count()
+_DISK: ThreadPoolExecutor | None = None
+_DISK_LOCK = threading.Lock()
+
+
+def _disk_pool() -> ThreadPoolExecutor:
+    global _DISK
+    with _DISK_LOCK:
+        if _DISK is None:
+            _DISK = ThreadPoolExecutor(2, thread_name_prefix="stainfuser-cache")
+        return _DISK
 
 
 def _completed(value) -> Future:
@@ -100,11 +111,11 @@ class StainedLevel:
             if fut is not None and not fut.cancelled():
                 self.engine.prioritise([self._key(r, c)], priority)
                 return fut
-            if self.cache is not None:
-                disk = self.cache.read(r, c)
-                if disk is not None:
-                    self.store.put(self._key(r, c), disk)
-                    return _completed(disk)
+            if self.cache is not None and self.cache.has(r, c):
+                # Decoding from disk is I/O too: not on the caller's thread.
+                fut = _disk_pool().submit(self._from_disk, rc)
+                self._inflight[rc] = fut
+                return fut
             efut = self.engine.submit(self._key(r, c), lambda: self.plan.load(r, c), priority)
             # Unwrap TileOutput so callers get the array.
             fut = Future()
@@ -136,6 +147,15 @@ class StainedLevel:
 
             efut.add_done_callback(done)
             return fut
+
+    def _from_disk(self, rc) -> np.ndarray:
+        try:
+            tile = self.cache.read(*rc)
+            self.store.put(self._key(*rc), tile)
+            return tile
+        finally:
+            with self._lock:
+                self._inflight.pop(rc, None)
 
     def get_tile(self, r: int, c: int, priority: float = BACKGROUND) -> np.ndarray:
         """The stained tile (r, c), computing it if needed (blocks)."""
@@ -203,8 +223,9 @@ class ResultPyramid:
     stainer:
         The stainer; an :class:`Engine` is started for it unless ``engine`` is given.
     tissue:
-        A :class:`~.tissue.TissueSwitch` for the slide (see
-        :func:`~.tissue.detect_tissue`), or None to stain everything.
+        True to detect tissue once on the slide's overview, a
+        :class:`~.tissue.TissueSwitch` already made for it (see
+        :func:`~.tissue.detect_tissue`), or None/False to stain everything.
     cache_dir:
         Directory for on-disk tile caches (one per level, named by a
         fingerprint of the stainer, the slide and the tiling), or None.
@@ -238,6 +259,10 @@ class ResultPyramid:
         self._own_engine = engine is None
         self.store = store or ResultStore()
         spec = stainer.spec
+        if tissue is True:
+            tissue = detect_tissue(slide)
+        elif tissue is False:
+            tissue = None
         if cache_dir is not None and not stainer_id:
             from ..errors import ParameterError
 

@@ -221,18 +221,21 @@ class TilePlan:
         box = (y0, y1, x0, x1) if self.factor == 1.0 else self._work_window(y0, y1, x0, x1)
         return [rc for rc in self.grid.tiles_in(*box) if self.has_tissue(*rc)]
 
-    def assemble(self, y0: int, y1: int, x0: int, x1: int, get_tile) -> np.ndarray:
+    def assemble(
+        self, y0: int, y1: int, x0: int, x1: int, get_tile, original: np.ndarray | None = None
+    ) -> np.ndarray:
         """The output box [y0, y1) × [x0, x1) (image coordinates) as uint8.
 
         ``get_tile(r, c)`` returns the stained tile (tile × tile × 3 uint8); it
         is only called for tiles in :meth:`tiles_for`. A tile without tissue
         is never needed: every output pixel it touches is glass and is taken
-        from the input.
+        from the input. ``original``: the input pixels of the box, if the
+        caller already has them (saves reading them again).
         """
         mask = None
         if self.tissue is not None:
             if not self.tissue.any_in(self.shape, y0, y1, x0, x1):
-                return read_region(self.image, y0, y1, x0, x1)
+                return original if original is not None else read_region(self.image, y0, y1, x0, x1)
             mask = self.tissue.region(self.shape, y0, y1, x0, x1)
 
         def get(r, c):
@@ -247,7 +250,9 @@ class TilePlan:
                 work, y0, y1, x0, x1, 1.0 / self.factor, self.work_shape, (wy0, wx0)
             )
         if mask is not None and not mask.all():
-            out = np.where(mask[..., None], out, read_region(self.image, y0, y1, x0, x1))
+            if original is None:
+                original = read_region(self.image, y0, y1, x0, x1)
+            out = np.where(mask[..., None], out, original)
         return out
 
 

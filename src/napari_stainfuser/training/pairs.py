@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..diffusion.atomic import write_json_atomic
 from ..errors import ParameterError
 from .nst import NSTConfig
 from .restain import PHYSICS_METHODS, NSTRestainer, PhysicsRestainer
 from .targets import FEATURES, pick_targets
-from .tileio import read_rgb, write_json, write_png, write_text
+from .tileio import read_rgb, write_png, write_text
 from .tiles import TileRef, collect_tiles
 from .triplets import MANIFEST_NAME, mix_seed
 
@@ -184,7 +185,7 @@ def _load_or_make_plan(cfg: PairsConfig, out: Path) -> dict:
             )
         return plan
     plan = _plan(cfg, out)
-    write_json(path, plan)
+    write_json_atomic(path, plan)
     return plan
 
 

@@ -5,13 +5,11 @@ into place, so a killed run leaves either a complete file or none; resuming
 can then treat "the file exists" as "this item is finished".
 """
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..diffusion.atomic import write_bytes_atomic
 from ..errors import ParameterError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -43,20 +41,6 @@ def list_images(folder) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_png(path, image: np.ndarray) -> None:
     """Write an H×W×3 uint8 array as PNG, atomically."""
     import imagecodecs
@@ -64,14 +48,9 @@ def write_png(path, image: np.ndarray) -> None:
     image = np.ascontiguousarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ParameterError(f"{path}: expected H×W×3 uint8, got {image.dtype} {image.shape}")
-    _atomic_write_bytes(Path(path), imagecodecs.png_encode(image))
+    write_bytes_atomic(path, imagecodecs.png_encode(image))
 
 
 def write_text(path, text: str) -> None:
     """Write a text file atomically."""
-    _atomic_write_bytes(Path(path), text.encode("utf-8"))
-
-
-def write_json(path, obj) -> None:
-    """Write a JSON file atomically (sorted keys, so identical content gives identical bytes)."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -21,6 +21,7 @@ weights come out bit-identical.
 import contextlib
 import csv
 import dataclasses
+import itertools
 import json
 import shutil
 import time
@@ -30,16 +31,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..diffusion.atomic import write_json_atomic
+from ..diffusion.model import PRECISIONS, resolve_device
 from ..errors import ParameterError
 from .recipe import set_trainable, training_loss, training_scheduler
-from .tileio import write_json
 from .triplets import StepBatchSampler, TripletDataset, mix_seed
 
 CONFIG_NAME = "train_config.json"
 LOSS_LOG = "loss.csv"
 LOSS_FIELDS = ("step", "epoch", "loss", "lr", "seconds")
 STATE_NAME = "training_state.pt"
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # Settings that may change between a run and its resumption.
 _RESUMABLE_CHANGES = {
@@ -106,8 +107,6 @@ class TrainConfig:
 
 
 def _resolve_device(name: str) -> torch.device:
-    from ..diffusion.model import resolve_device
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return resolve_device(name)
@@ -254,7 +253,10 @@ def train(cfg: TrainConfig, callback=None) -> Path:
         raise ParameterError(
             f"{out} already holds a training run; pass --resume to continue it or choose a new folder"
         )
+    # Every check that can fail runs before the run folder is touched, so a
+    # refused start leaves nothing that a corrected re-run would trip over.
     dataset = TripletDataset(cfg.data, cfg.size, cfg.mixed_magnification)
+    dataset.check()
     model = _load_model(cfg, device, resume_from)
     networks = model.networks
     trained = set_trainable(networks)
@@ -280,10 +282,6 @@ def train(cfg: TrainConfig, callback=None) -> Path:
         start = int(state["step"])
     if start >= cfg.steps:
         return resume_from
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG_NAME, cfg.settings())
-    log = LossLog(out / LOSS_LOG, keep_until=start)
-
     scheduler = training_scheduler(model.configs.scheduler)
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps)
     loader = torch.utils.data.DataLoader(
@@ -292,6 +290,13 @@ def train(cfg: TrainConfig, callback=None) -> Path:
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
+    batches = iter(loader)
+    # The first batch is decoded before anything is written: a file that passed
+    # the header check but does not decode stops the start, not the run.
+    first = next(batches)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / CONFIG_NAME, cfg.settings())
+    log = LossLog(out / LOSS_LOG, keep_until=start)
     dtype = PRECISIONS[precision]
 
     def autocast():
@@ -327,7 +332,7 @@ def train(cfg: TrainConfig, callback=None) -> Path:
     last = resume_from
     step = start
     try:
-        for batch in loader:
+        for batch in itertools.chain([first], batches):
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(mix_seed(cfg.seed, step, 3))
             source = batch["source"].to(device).float() / 255.0

@@ -108,6 +108,52 @@ def find_triplets(root) -> list[Triplet]:
     return triplets
 
 
+# PIL modes that read_rgb turns into 8-bit RGB (bilevel, grey, palette, RGB, RGBA).
+_READABLE_MODES = ("1", "L", "P", "RGB", "RGBA")
+
+
+def image_header(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header alone; ParameterError if
+    :func:`read_rgb` would refuse it (not an image, not 8-bit grey/RGB)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode, (w, h) = im.mode, im.size
+            tile = im.tile[0] if im.tile else None
+    except Exception as exc:  # PIL raises OSError, ValueError, DecompressionBombError, ...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ParameterError(f"{path}: cannot be read as an image ({reason})") from None
+    # PIL shows 16-bit RGB as mode "RGB"; its raw mode still says ";16".
+    args = tile.args if tile is not None else None
+    raw = args if isinstance(args, str) else (args[0] if args else "")
+    if mode not in _READABLE_MODES or ";16" in str(raw):
+        raise ParameterError(f"{path}: expected an 8-bit RGB or grey image, got {raw or mode}")
+    return h, w
+
+
+def check_triplets(triplets: list[Triplet], size: int, mixed_magnification: bool) -> None:
+    """Check every triplet from the image headers: readable, aligned, big enough.
+
+    Reads headers only (fast on millions of tiles); a file whose pixels are
+    corrupt past its header is still reported when it is first read.
+    """
+    need = 2 * size if mixed_magnification else size
+    why = f"the training size {size}" + (
+        " × 2 (mixed magnification downscales whole tiles 2×)" if mixed_magnification else ""
+    )
+    for t in triplets:
+        source, target, stylised = (image_header(p) for p in (t.source, t.target, t.stylised))
+        if source != stylised:
+            raise ParameterError(
+                f"{t.stylised}: stylised tile {stylised[1]}×{stylised[0]} is not aligned with "
+                f"its source {t.source} ({source[1]}×{source[0]})"
+            )
+        for path, (h, w), what in ((t.source, source, "tile"), (t.target, target, "target")):
+            if h < need or w < need:
+                raise ParameterError(f"{path}: {what} {w}×{h} is smaller than {why}")
+
+
 def downscale2(image: np.ndarray) -> np.ndarray:
     """Halve an H×W×3 uint8 image by averaging 2×2 blocks (an odd last row/column is dropped)."""
     h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
@@ -165,6 +211,10 @@ class TripletDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.triplets = find_triplets(root)
         self.crop = TripletCrop(size, mixed_magnification)
+
+    def check(self) -> None:
+        """Refuse unreadable, misaligned or too small triplets before training starts."""
+        check_triplets(self.triplets, self.crop.size, self.crop.mixed_magnification)
 
     def __len__(self) -> int:
         return len(self.triplets)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..diffusion.load_errors import load_error_summary
 from ..errors import CheckpointError
 
 VGG19_FILENAME = "vgg19-dcbb9e9d.pth"
@@ -126,8 +127,11 @@ def _read_state_dict(path: Path) -> dict:
 
             return load_file(str(path))
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot be read as VGG19 weights ({exc})") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise CheckpointError(
+            f"{path}: cannot be read as VGG19 weights with "
+            f"torch.load(weights_only=True) ({load_error_summary(exc)})"
+        ) from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors (torchvision format)")
     return sd
