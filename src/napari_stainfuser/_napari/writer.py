@@ -15,7 +15,8 @@ def write_image(path: str, data, meta: dict) -> list[str]:
         level0 = level0[..., :3]
     if level0.dtype != np.uint8:
         raise ParameterError(f"{path}: layer dtype {level0.dtype} is not uint8 RGB")
-    write_pyramid(level0, path, mpp=_layer_mpp(meta))
+    # napari's save dialog has already asked before replacing a file.
+    write_pyramid(level0, path, mpp=_layer_mpp(meta), overwrite=True)
     return [path]
 
 
