@@ -5,8 +5,15 @@ A run writes into one folder::
     OUT/train_config.json                  the settings (checked on --resume)
     OUT/loss.csv                           step,epoch,loss,lr,seconds per step
     OUT/checkpoints/step-00001000/         checkpoint.safetensors (official flat layout),
-                                           unet/vae/scheduler_config.json, metadata.json,
+                                           unet/vae/scheduler_config.json and the same
+                                           as sd21b_*_config.json (the official names),
+                                           metadata.json,
                                            training_state.pt (optimizer, scaler, RNG)
+
+Before anything is written, the triplets are checked from their image headers
+(readable 8-bit images, stylised aligned with source, big enough for ``size``,
+twice that with mixed magnification), the model is loaded and the first batch
+is decoded; a refused start leaves no run folder behind.
 
 A checkpoint folder is written as ``step-XXXXXXXX.partial`` and renamed when
 complete, so a killed run never leaves a half checkpoint behind. ``resume``
