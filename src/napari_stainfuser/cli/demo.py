@@ -29,7 +29,9 @@ def add_parser(sub) -> None:
         help="normalize an embedded synthetic slide and report accuracy (no weights needed)",
         description=__doc__,
     )
-    p.add_argument("--out", default="stainfuser-demo", help="output directory (default: %(default)s)")
+    p.add_argument(
+        "--out", default="stainfuser-demo", help="output directory (default: %(default)s)"
+    )
     p.add_argument("--size", type=int, default=4096, help="slide edge in px (default: %(default)s)")
     p.add_argument(
         "--method",
@@ -51,8 +53,14 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    result = demo(out, size=args.size, method=args.method, seed=args.seed,
-                  overwrite=args.overwrite, progress=not args.no_progress)
+    result = demo(
+        out,
+        size=args.size,
+        method=args.method,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     print()
     print(result["table"])
     print()

@@ -15,7 +15,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("slide", help="source slide (SVS, NDPI, TIFF, OME-TIFF, OME-Zarr, PNG, JPEG)")
     p.add_argument("--target", required=True, help="target image, slide, or stain preset JSON")
-    p.add_argument("--method", default="macenko", help=f"one of {', '.join(METHODS)} (default: %(default)s)")
+    p.add_argument(
+        "--method", default="macenko", help=f"one of {', '.join(METHODS)} (default: %(default)s)"
+    )
     p.add_argument("-o", "--output", required=True, help="OUT.ome.tif or OUT.ome.zarr")
     p.add_argument("--weights", help="StainFuser checkpoint (file or directory)")
     p.add_argument("--tile", type=int, help="tile size in px (default: the method's)")
