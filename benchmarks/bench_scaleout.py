@@ -12,9 +12,13 @@ Two stainers, because they scale for different reasons:
   which is what a real StainFuser on GPUs looks like.
 
 Projection for N GPUs: one worker per GPU (``CUDA_VISIBLE_DEVICES`` per
-worker), each running at the per-GPU rate R (pass ``--gpu-tiles-per-s``, e.g.
-from bench_diffusion_gpu.py; default: the measured single-worker rate) and
-the measured 2-worker efficiency e applied per doubling: N·R·e^log2(N).
+worker), each at the per-GPU rate R (pass ``--gpu-tiles-per-s``, e.g. from
+bench_diffusion_gpu.py; default: the measured single-worker rate). Two
+columns: linear (N·R: every worker owns its device, and the CPU side of a
+tile, read + blend + write, is milliseconds against the device's seconds)
+and with the 2-worker efficiency e measured here applied per doubling
+(N·R·e^log2 N). On a 2-core machine the two workers share the CPU that also
+does the model's arithmetic, so e here is a floor, not a GPU figure.
 
     python benchmarks/bench_scaleout.py
     python benchmarks/bench_scaleout.py --size 4096 --gpu-tiles-per-s 3.1
@@ -90,9 +94,10 @@ def main():
     r = a.gpu_tiles_per_s or rates["stainfuser", "local:1"]
     e = min(1.0, eff["stainfuser"])
     src = "given" if a.gpu_tiles_per_s else "measured 1-worker rate"
-    print(f"\nprojection, one worker per GPU, R = {r:.2f} tiles/s per GPU ({src}), e = {e:.2f}:")
+    print(f"\nprojection, one worker per GPU, R = {r:.2f} tiles/s per GPU ({src}), e = {e:.2f}")
+    print(f"{'GPUs':>6}{'linear':>10}{'with e':>10}  tiles/s")
     for n in (1, 2, 4, 8):
-        print(f"  {n} GPU(s): {n * r * e ** math.log2(n):8.2f} tiles/s")
+        print(f"{n:>6}{n * r:>10.2f}{n * r * e ** math.log2(n):>10.2f}")
 
 
 if __name__ == "__main__":

@@ -219,6 +219,19 @@ def make_stainer(
     return recipe.build()
 
 
+def warm_up(stainer) -> None:
+    """Do a stainer's one-off setup now rather than inside the first tile.
+
+    Classical normalizers with slide statistics build a 256³ lookup table on
+    first use (seconds); a worker does it once when it joins, so the first
+    tile is not slower than the rest and tiles/s reflect steady state.
+    """
+    from .stain.base import StainNormalizer
+
+    if isinstance(stainer, StainNormalizer) and stainer.source_state is not None:
+        stainer.transform(np.zeros((1, 1, 3), np.uint8))
+
+
 def recipe_of(stainer) -> StainerRecipe | None:
     """How ``stainer`` was made, if it came from :func:`make_stainer`."""
     try:

@@ -39,6 +39,14 @@ def test_reader_declines_unrelated_files(tmp_path):
     assert callable(get_reader(str(CMU)))
 
 
+def test_reader_declines_fluorescence_tiffs_for_napari_builtins(tmp_path):
+    from napari_stainfuser._napari.reader import get_reader
+
+    path = tmp_path / "dapi.tif"
+    tifffile.imwrite(path, np.zeros((4, 64, 64), np.uint16))
+    assert get_reader(str(path)) is None
+
+
 def test_reader_reports_corrupt_file_as_slide_read_error(tmp_path):
     from napari_stainfuser._napari.reader import get_reader
 
@@ -59,6 +67,12 @@ def test_writer_saves_layer_as_pyramid(make_napari_viewer, tmp_path, suffix):
     out = tmp_path / f"noise{suffix}"
     viewer.layers.save(str(out), selected=False, plugin="napari-stainfuser")
     assert out.exists()
+    # What the writer wrote opens again in napari as a multiscale layer in µm.
+    (reopened,) = viewer.open(str(out), plugin="napari-stainfuser")
+    assert reopened.multiscale and len(reopened.data) == 2
+    np.testing.assert_allclose(reopened.scale, [0.25, 0.25])
+    if suffix == ".ome.zarr":
+        np.testing.assert_array_equal(np.asarray(reopened.data[0]), img)
     slide = open_slide(out)
     assert slide.mpp == pytest.approx(0.25)
     assert len(slide.levels) == 2

@@ -43,26 +43,86 @@ def test_info_prints_cmu_metadata(capsys):
     assert "thumbnail" in out and "label" in out and "macro" in out, names
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["info", "/nonexistent/slide.svs"],
-        ["normalize", str(CMU), "--target", str(CMU), "--method", "nope", "-o", "x.ome.zarr"],
-    ],
-)
-def test_errors_are_one_line_without_traceback(args, tmp_path):
-    r = _run(*[a.replace("x.ome.zarr", str(tmp_path / "x.ome.zarr")) for a in args])
-    assert r.returncode == 2
+def _bad_inputs(tmp: Path) -> dict[str, Path]:
+    """One file per bad-input case of the reader, made from real bytes where possible."""
+    raw = CMU.read_bytes()
+    cases = {
+        "missing": tmp / "missing.svs",
+        "directory": tmp / "folder.zarr",
+        "truncated": tmp / "half.svs",
+        "overwritten": tmp / "middle.svs",
+        "not-an-image": tmp / "notes.tif",
+        "greyscale": tmp / "grey.tif",
+        "16-bit": tmp / "deep.tif",
+    }
+    cases["directory"].mkdir()
+    cases["truncated"].write_bytes(raw[: len(raw) // 2])
+    mid = bytearray(raw)
+    mid[len(raw) // 2 : len(raw) // 2 + 65536] = b"\xff" * 65536
+    cases["overwritten"].write_bytes(bytes(mid))
+    cases["not-an-image"].write_text("just some text, not a TIFF\n")
+    tifffile.imwrite(cases["greyscale"], np.zeros((64, 64), np.uint8))
+    tifffile.imwrite(cases["16-bit"], np.zeros((64, 64, 3), np.uint16))
+    return cases
+
+
+CASES = ["missing", "directory", "truncated", "not-an-image", "greyscale", "16-bit"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_info_errors_are_one_line_naming_the_file(case, tmp_path):
+    path = _bad_inputs(tmp_path)[case]
+    r = _run("info", str(path))
+    assert r.returncode == 2, r.stdout + r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln]
     assert len(lines) == 1, r.stderr
     assert "Traceback" not in r.stderr
-    assert lines[0].startswith("stainfuser ")
+    assert lines[0].startswith("stainfuser info: error: ")
+    assert path.name in lines[0]
+
+
+def test_overwritten_middle_fails_when_the_damaged_tiles_are_read(tmp_path):
+    """Bytes overwritten mid-file: the header opens, the damage surfaces as one line."""
+    path = _bad_inputs(tmp_path)["overwritten"]
+    out = tmp_path / "copy.ome.zarr"
+    r = _run(
+        "normalize",
+        str(path),
+        "--target",
+        str(CMU),
+        "--method",
+        "reinhard",
+        "-o",
+        str(out),
+        "--no-progress",
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert path.name in lines[0]
+    assert not out.exists()
+
+
+def test_unknown_method_is_one_line_listing_valid_ones(tmp_path):
+    out = tmp_path / "x.ome.zarr"
+    r = _run("normalize", str(CMU), "--target", str(CMU), "--method", "nope", "-o", str(out))
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1, r.stderr
+    assert "macenko" in lines[0] and "'nope'" in lines[0]
 
 
 def test_demo_normalizes_toward_ground_truth(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--size", "1024", "--no-progress"]) == 0
-    for name in ("source.ome.tif", "normalized-macenko.ome.tif", "montage.png", "target.png"):
+    names = (
+        "source.ome.tif",
+        "source-preview.png",
+        "normalized-macenko.ome.tif",
+        "montage.png",
+        "target.png",
+    )
+    for name in names:
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     before = metrics["before (source vs truth)"]
@@ -75,3 +135,13 @@ def test_demo_normalizes_toward_ground_truth(tmp_path):
         assert tif.is_ome
         level0 = tif.series[0].levels[0].asarray()
     assert level0.shape == (1024, 1024, 3) and level0.dtype == np.uint8
+
+
+def test_demo_refuses_to_replace_outputs_without_overwrite(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "montage.png").write_bytes(b"keep me")
+    r = _run("demo", "--out", str(out), "--size", "1024", "--no-progress")
+    assert r.returncode == 2
+    assert "--overwrite" in r.stderr and "montage.png" in r.stderr
+    assert (out / "montage.png").read_bytes() == b"keep me"

@@ -4,21 +4,11 @@ Fitting is cheap, but the first slide-level transform builds a 256³ lookup
 table (a few seconds), so fitted normalizers are cached for the session.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
+from stain_cases import read_rgb
 
 from napari_stainfuser.stain import get_normalizer
-
-DATA = Path(__file__).parents[1] / "data"
-METHODS = ("macenko", "reinhard", "ruifrok", "vahadane")
-
-
-def read_rgb(name: str) -> np.ndarray:
-    """A test image as H×W×3 uint8 (alpha dropped), decoded by Pillow."""
-    return np.asarray(Image.open(DATA / name).convert("RGB")).copy()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, METHODS, read_rgb
+from stain_cases import DATA, METHODS, read_rgb
 
 from napari_stainfuser.errors import ParameterError, StainEstimationError
 from napari_stainfuser.slide import open_slide
@@ -14,8 +14,10 @@ from napari_stainfuser.slide.synthetic import MACENKO_REFERENCE_HE, SyntheticTis
 from napari_stainfuser.stain import (
     NORMALIZERS,
     RUIFROK_HE,
+    StainNormalizer,
     fit_target,
     get_normalizer,
+    load,
     load_normalizer,
 )
 from napari_stainfuser.stainer import Stainer, StainResult
@@ -162,6 +164,32 @@ def test_preset_round_trip(method, images, fitted, tmp_path):
     )
     via_fit_target = fit_target(method, str(path))
     assert via_fit_target.get_params() == norm.get_params()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_load_classmethod_checks_the_method(method, images, fitted, tmp_path):
+    norm = fitted(method)
+    path = norm.save(tmp_path / f"{method}.json")
+    expected = norm.transform(images["source"])
+    cls = NORMALIZERS[method]
+    blank = get_normalizer(method)
+    for loaded in (
+        cls.load(path),
+        blank.load(path),
+        StainNormalizer.load(path),
+        load(path),
+        load_normalizer(path),
+    ):
+        assert type(loaded) is cls and loaded.target_name == norm.target_name
+        np.testing.assert_array_equal(loaded.transform(images["source"]), expected)
+    assert not blank.is_fitted  # load returns a new normalizer
+    assert cls.load(path, tile_size=256).tile_size == 256
+    for other in sorted(set(METHODS) - {method}):
+        with pytest.raises(ParameterError) as err:
+            NORMALIZERS[other].load(path)
+        msg = str(err.value)
+        assert msg.startswith(str(path)) and "\n" not in msg
+        assert f"is for method {method!r}, not {other!r}" in msg
 
 
 def test_preset_errors_name_the_file(fitted, tmp_path):

@@ -4,7 +4,7 @@ tiny and single-colour images, and bad arguments."""
 import numpy as np
 import pytest
 import torch
-from conftest import METHODS
+from stain_cases import METHODS
 
 from napari_stainfuser.errors import ParameterError, StainEstimationError
 from napari_stainfuser.stain import get_normalizer, tissue_mask

@@ -10,7 +10,12 @@ _SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".zarr")
 
 
 def get_reader(path):
-    """Return a reader for a single slide path, or None so napari tries other plugins."""
+    """A reader for one slide path, or None so napari lets another plugin try.
+
+    Opening reads headers only, so deciding here is cheap. Greyscale and
+    fluorescence TIFFs are declined (napari's own reader shows them); other
+    read errors are reported when napari calls the reader, as one line.
+    """
     if isinstance(path, list):
         if len(path) != 1:
             return None
@@ -18,15 +23,17 @@ def get_reader(path):
     p = Path(path)
     if not p.name.lower().endswith(_SUFFIXES) and not (p / "zarr.json").exists():
         return None
-    return read_slide
-
-
-def read_slide(path):
-    if isinstance(path, list):
-        path = path[0]
     try:
-        slide = open_slide(path)
-    except SlideReadError:
-        # Re-raise unchanged: napari shows the one-line message as a notification.
-        raise
-    return [slide_layer_data(slide)]
+        slide = open_slide(p)
+    except SlideReadError as exc:
+        if "not a brightfield RGB slide" in str(exc):
+            return None
+        return _failing_reader(exc)
+    return lambda _path: [slide_layer_data(slide)]
+
+
+def _failing_reader(exc: SlideReadError):
+    def read(_path):
+        raise exc
+
+    return read

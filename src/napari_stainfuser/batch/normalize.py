@@ -27,7 +27,7 @@ from ..slide.writer import (
     output_format,
     zarr_to_ome_tiff,
 )
-from ..stainers import _check_method, make_stainer, portable, stainer_identity
+from ..stainers import _check_method, make_stainer, portable, stainer_identity, warm_up
 from ..tiling.plan import TilePlan
 from ..tiling.store import TileCache
 from ..tiling.tissue import detect_tissue
@@ -211,6 +211,7 @@ def _run(slide, output, fmt, work, cluster, report, **o) -> Path:
             seed=o["seed"], **o["stainer_params"],
         )  # fmt: skip
     stainer = _with_slide_statistics(stainer, overview)
+    warm_up(stainer)
     switch = detect_tissue(overview) if o["tissue"] else None
     image = src.levels[level]
     plan = TilePlan(

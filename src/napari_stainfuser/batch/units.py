@@ -27,6 +27,7 @@ import numpy as np
 
 from ..engine.worker import stain_batch
 from ..slide.writer import ZarrPyramid
+from ..stainers import warm_up
 from ..tiling.plan import TilePlan
 from ..tiling.store import TileCache
 from ..tiling.tissue import TissueSwitch
@@ -54,6 +55,7 @@ class RunContext:
 
     def open(self) -> OpenRun:
         stainer = self.factory()
+        warm_up(stainer)
         plan = TilePlan(
             self.level(), stainer.spec, tile=self.tile, overlap=self.overlap, mpp=self.level_mpp,
             tissue=self.tissue, seed=self.seed, noise=self.noise, window=self.window,

@@ -5,6 +5,7 @@ cause (StainFuserError) become one line on stderr and exit status 2.
 """
 
 import argparse
+import logging
 import sys
 
 from .. import __version__
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # tifffile logs its own complaint about a damaged file before raising; our
+    # SlideReadError already says it in one line that names the file.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     try:
         return args.func(args)
     except StainFuserError as exc:

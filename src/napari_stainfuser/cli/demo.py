@@ -73,6 +73,7 @@ def run(args) -> int:
 def demo(out: Path, size=4096, method="macenko", seed=0, overwrite=False, progress=True) -> dict:
     """Run the demo into `out`; returns the metrics, the table and the written files."""
     from ..batch import normalize_slide
+    from ..errors import SlideWriteError
     from ..metrics import image_metrics
     from ..slide import open_slide, write_pyramid
     from ..slide.synthetic import MACENKO_REFERENCE_HE, SyntheticTissue
@@ -92,16 +93,22 @@ def demo(out: Path, size=4096, method="macenko", seed=0, overwrite=False, progre
 
     files = {
         "source": out / "source.ome.tif",
+        "preview": out / "source-preview.png",
         "target": out / "target.png",
         "normalized": out / f"normalized-{method}.ome.tif",
         "montage": out / "montage.png",
         "metrics": out / "metrics.json",
     }
+    existing = [str(p) for p in files.values() if p.exists()]
+    if existing and not overwrite:
+        raise SlideWriteError(
+            f"{existing[0]}: exists ({len(existing)} demo output(s) in {out}); "
+            "pass --overwrite to replace them"
+        )
     _save_png(target, files["target"])
     # Lossless, so the metrics measure the method and not JPEG.
     write_pyramid(source, files["source"], mpp=MPP, compression="zstd", overwrite=True)
-    _save_png(open_slide(files["source"]).levels[-1].compute(), out / "source-preview.png")
-    files["preview"] = out / "source-preview.png"
+    _save_png(open_slide(files["source"]).levels[-1].compute(), files["preview"])
     normalize_slide(
         files["source"],
         files["normalized"],
@@ -119,7 +126,9 @@ def demo(out: Path, size=4096, method="macenko", seed=0, overwrite=False, progre
         "before (source vs truth)": image_metrics(source_px, truth_px),
         f"after ({method} vs truth)": image_metrics(normalized, truth_px),
     }
-    files["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp = files["metrics"].with_name(files["metrics"].name + ".partial")
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.replace(files["metrics"])
     y, x = _busiest_window(truth_px, PANEL)
     panels = [
         ("source (lab A)", source_px[y : y + PANEL, x : x + PANEL]),

@@ -17,6 +17,13 @@ bad. Reading segments directly keeps reads at tifffile's own decode speed
 (``benchmarks/bench_read.py``), lets a corrupt tile fail alone with its
 location, and keeps the task source small enough to pickle (workers re-parse
 the one IFD they need).
+
+Aperio compression 33003 stores each tile as a JPEG 2000 codestream of
+YCbCr samples without the codestream's own colour transform (the TIFF tag
+says RGB; OpenSlide's Aperio format notes), optionally with chroma at half
+horizontal resolution; 33005 stores RGB. tifffile hands 33003 tiles to a
+plain JPEG 2000 decode, so the YCbCr → RGB step is done here
+(``_aperio_ycbcr_to_rgb``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from ._readutil import chunk_for, error, file_key, lazy_level, mpp_from_tiff_res
 from ._readutil import region as _region
 
 ASSOCIATED_NAMES = ("thumbnail", "label", "macro")
+APERIO_J2K_YCBCR = 33003  # TIFF Compression value; 33005 is the RGB variant
 _RGB_PHOTOMETRIC = {2, 6}  # RGB, YCbCr (decoded to RGB)
 _GREY_PHOTOMETRIC = {0, 1}  # MinIsWhite, MinIsBlack
 _OME_UNIT_UM = {
@@ -64,6 +72,37 @@ class TiffParts:
     magnification: float | None
     associated: dict[str, da.Array]
     sources: list[TiffLevelSource]
+
+
+def _j2k_chroma_subsampled(data: bytes) -> bool:
+    """Whether a JPEG 2000 codestream stores its 2nd component at reduced width.
+
+    Read from the SIZ marker segment, which directly follows SOC: Csiz at
+    byte 40, then (Ssiz, XRsiz, YRsiz) per component from byte 42.
+    """
+    start = data.find(b"\xff\x4f\xff\x51", 0, 256)  # SOC + SIZ (after JP2 boxes if any)
+    if start < 0:
+        raise ValueError("no JPEG 2000 codestream header (SOC/SIZ) in tile")
+    siz = data[start : start + 51]
+    if len(siz) < 51 or int.from_bytes(siz[40:42], "big") != 3:
+        raise ValueError("JPEG 2000 tile is not a 3-component codestream")
+    return siz[46] != 1  # XRsiz of component 1 (Cb)
+
+
+def _aperio_ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
+    """Full-range ITU-R BT.601 (JFIF, ITU-T T.871) YCbCr → RGB, rounded and clipped.
+
+    The conversion OpenSlide applies to Aperio 33003 tiles.
+    """
+    y = ycbcr[..., 0].astype(np.float32)
+    cb = ycbcr[..., 1].astype(np.float32) - 128.0
+    cr = ycbcr[..., 2].astype(np.float32) - 128.0
+    rgb = np.empty(ycbcr.shape[:-1] + (3,), dtype=np.float32)
+    rgb[..., 0] = y + 1.402 * cr
+    rgb[..., 1] = y - 0.344136 * cb - 0.714136 * cr
+    rgb[..., 2] = y + 1.772 * cb
+    np.floor(rgb + 0.5, out=rgb)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 class _File:
@@ -151,6 +190,7 @@ class TiffLevelSource:
         self.grid = (-(-h // self.tile[0]), -(-w // self.tile[1]))
         self.samples = int(page.samplesperpixel)
         self.planar = page.planarconfig == 2 and self.samples > 1
+        self.aperio_ycbcr = int(page.compression) == APERIO_J2K_YCBCR
         self._codec: _Codec | None = _Codec.from_page(page)
         self._check_table()
 
@@ -240,9 +280,15 @@ class TiffLevelSource:
             parts = planes[0] if len(planes) == 1 else np.concatenate(planes, -1)
             if parts.shape[0] < need[0] or parts.shape[1] < need[1]:
                 raise ValueError(f"decoded tile has shape {parts.shape}, expected {need}")
+            # imagecodecs (OpenJPEG's sYCC routine) already upsamples and converts
+            # codestreams whose chroma has reduced width; full-resolution ones
+            # come back as the stored YCbCr samples.
+            ycbcr = self.aperio_ycbcr and not _j2k_chroma_subsampled(raw[0][1])
         except Exception as exc:
             raise self._fail(ty, tx, exc) from exc
         parts = parts[: need[0], : need[1]]
+        if ycbcr:
+            return _aperio_ycbcr_to_rgb(parts)
         if parts.shape[-1] < 3:  # greyscale associated image
             return np.repeat(parts[..., :1], 3, axis=-1)
         return parts[..., :3]

@@ -437,6 +437,20 @@ class StainNormalizer:
             raise
         return path
 
+    @classmethod
+    def load(cls, path, **params) -> "StainNormalizer":
+        """A fitted normalizer from a JSON stain preset written by :meth:`save`.
+
+        On a method's class (``MacenkoNormalizer.load(path)``, or
+        ``get_normalizer("macenko").load(path)``) the preset must be for that
+        method; on :class:`StainNormalizer` itself any method's preset loads.
+        ``params`` override the preset's parameters (e.g. device, tile_size).
+        Returns a new normalizer; an instance it is called on is not changed.
+        """
+        from .registry import load_normalizer  # the registry imports this module
+
+        return load_normalizer(path, method=cls.name or None, **params)
+
     def _set_target_from_preset(self, target: dict, source: str) -> None:
         state = {}
         expected = self._state_keys()
