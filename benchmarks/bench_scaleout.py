@@ -56,7 +56,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size", type=int, default=6144, help="synthetic slide edge (px) for macenko")
     ap.add_argument("--sf-size", type=int, default=768, help="slide edge (px) for stainfuser")
-    ap.add_argument("--gpu-tiles-per-s", type=float, help="per-GPU StainFuser rate for the projection")
+    ap.add_argument(
+        "--gpu-tiles-per-s", type=float, help="per-GPU StainFuser rate for the projection"
+    )
+    ap.add_argument("--repeats", type=int, default=2, help="rounds; the best rate of each is kept")
     a = ap.parse_args()
 
     from napari_stainfuser.slide.synthetic import SyntheticTissue
@@ -70,21 +73,40 @@ def main():
         ),
         "stainfuser": (
             SyntheticTissue(1, 0.5).render_he((a.sf_size, a.sf_size)).compute(),
-            dict(method="stainfuser", target=target, tile=128, overlap=32, steps=4, mpp=0.5,
-                 weights=DATA / "stainfuser-reference" / "checkpoint.safetensors", tissue=False),
+            dict(
+                method="stainfuser",
+                target=target,
+                tile=128,
+                overlap=32,
+                steps=4,
+                mpp=0.5,
+                weights=DATA / "stainfuser-reference" / "checkpoint.safetensors",
+                tissue=False,
+            ),
         ),  # fmt: skip
     }
     rates = {}
     try:
-        for name, (image, kw) in cases.items():
-            for label, sched in (("this process", None), ("local:1", "local:1"), ("local:2", "local:2")):
-                dt, n = timed_run(image, work / f"{name}.ome.zarr", sched, **kw)
-                rates[name, label] = n / dt
-                print(f"{name:<11}{label:<14}{n:>6} tiles {dt:>8.1f} s {n / dt:>8.2f} tiles/s", flush=True)
+        # Rounds interleave the three settings so that load from other
+        # processes on a shared machine hits them alike; the best round counts.
+        for _ in range(a.repeats):
+            for name, (image, kw) in cases.items():
+                for label, sched in (
+                    ("this process", None),
+                    ("local:1", "local:1"),
+                    ("local:2", "local:2"),
+                ):
+                    dt, n = timed_run(image, work / f"{name}.ome.zarr", sched, **kw)
+                    rates[name, label] = max(rates.get((name, label), 0.0), n / dt)
+                    print(
+                        f"{name:<11}{label:<14}{n:>6} tiles {dt:>8.1f} s {n / dt:>8.2f} tiles/s",
+                        flush=True,
+                    )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print()
+    print(f"best of {a.repeats} rounds, tiles/s (stain phase: after fitting and worker setup)")
     print(f"{'stainer':<11}{'in-process':>11}{'1 worker':>10}{'2 workers':>10}{'efficiency':>11}")
     eff = {}
     for name in cases:

@@ -110,8 +110,12 @@ def main():
     ra, ro = mp / anchor["seconds"], mp / ours["seconds"]
     print(f"synthetic slide {a.size:,} × {a.size:,} px ({mp:,.0f} MP), {os.cpu_count()} CPU cores")
     print(f"{'pass':<34}{'time s':>10}{'MP/s':>9}{'peak RSS MB':>13}")
-    print(f"{'anchor: read + write OME-Zarr':<34}{anchor['seconds']:>10.1f}{ra:>9.2f}{anchor['peak_rss_mb']:>13.0f}")
-    print(f"{'ours: ' + a.method + ' -> OME-Zarr':<34}{ours['seconds']:>10.1f}{ro:>9.2f}{ours['peak_rss_mb']:>13.0f}")
+    print(
+        f"{'anchor: read + write OME-Zarr':<34}{anchor['seconds']:>10.1f}{ra:>9.2f}{anchor['peak_rss_mb']:>13.0f}"
+    )
+    print(
+        f"{'ours: ' + a.method + ' -> OME-Zarr':<34}{ours['seconds']:>10.1f}{ro:>9.2f}{ours['peak_rss_mb']:>13.0f}"
+    )
     print(f"throughput ratio ours/anchor: {ro / ra:.2f} (target >= 0.5)")
     print(f"peak RSS of ours: {ours['peak_rss_mb']:.0f} MB (target < 2000)")
 

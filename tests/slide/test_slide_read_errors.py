@@ -136,6 +136,15 @@ def test_multichannel_8bit_ome_tiff(tmp_path):
     _fails(path, "not a brightfield RGB slide: level 0 is multichannel")
 
 
+def test_palette_tiff(tmp_path):
+    """Palette TIFFs are refused (palette PNGs are expanded to RGB: see test_slide_reader)."""
+    path = tmp_path / "palette.tif"
+    colormap = np.random.default_rng(0).integers(0, 65536, (3, 256), dtype=np.uint16)
+    index = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
+    tifffile.imwrite(path, index, photometric="palette", colormap=colormap, tile=(32, 32))
+    _fails(path, "not a brightfield RGB slide: level 0 is a palette .indexed-colour. image")
+
+
 def test_greyscale_png(tmp_path):
     path = tmp_path / "grey.png"
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(path)

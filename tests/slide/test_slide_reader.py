@@ -10,6 +10,7 @@ import pickle
 import zlib
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
@@ -164,6 +165,7 @@ APERIO = "Aperio Image Library v12.0.15 \r\n{w}x{h} (64x64) J2K/KDU Q=70|AppMag 
 
 @pytest.mark.parametrize("compression", [33003, 33005])
 def test_aperio_jpeg2000_svs(tmp_path, compression):
+    """tifffile writes both codes as RGB codestreams (33003 with the codestream's MCT)."""
     img = _tissue(300, 420)
     lv1 = np.ascontiguousarray(img[::4, ::4])
     thumb, label, macro = _tissue(40, 56, 1), _tissue(30, 30, 2), _tissue(50, 120, 3)
@@ -188,6 +190,83 @@ def test_aperio_jpeg2000_svs(tmp_path, compression):
     assert slide.downsamples[1] == pytest.approx(4.0, rel=0.01)
     for name, ref in [("thumbnail", thumb), ("label", label), ("macro", macro)]:
         np.testing.assert_array_equal(slide.associated[name].compute(), ref)
+
+
+def _jfif_ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    """ITU-T T.871 (JFIF) full-range YCbCr → RGB in float64, rounded half up and clipped."""
+    y, cb, cr = (ycc[..., i].astype(np.float64) for i in range(3))
+    cb, cr = cb - 128, cr - 128
+    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], -1)
+    return np.clip(np.floor(rgb + 0.5), 0, 255).astype(np.uint8)
+
+
+def test_aperio_33003_ycbcr_tiles_are_converted_to_rgb(tmp_path):
+    """Aperio 33003: each tile a JPEG 2000 codestream of YCbCr without MCT, tag says RGB."""
+    rgb = _tissue(150, 200)  # 64² tiles: the last row and column are partial
+    ycc = np.asarray(Image.fromarray(rgb).convert("YCbCr"))  # Pillow: full-range BT.601
+    padded = np.pad(ycc, ((0, 192 - 150), (0, 256 - 200), (0, 0)), mode="edge")
+    tiles = []
+    for ty in range(3):
+        for tx in range(4):
+            block = np.ascontiguousarray(padded[ty * 64 : ty * 64 + 64, tx * 64 : tx * 64 + 64])
+            data = imagecodecs.jpeg2k_encode(block, codecformat="J2K", mct=False)
+            cod = data.index(b"\xff\x52")  # COD: marker, Lcod, Scod, order, layers, MCT
+            assert data[cod + 8] == 0  # no multiple component transform
+            # A plain decode (what tifffile does) returns the stored YCbCr samples.
+            np.testing.assert_array_equal(imagecodecs.jpeg2k_decode(data), block)
+            tiles.append(data)
+    path = tmp_path / "ycbcr.svs"
+    with tifffile.TiffWriter(path) as w:
+        w.write(
+            iter(tiles),
+            shape=rgb.shape,
+            dtype=np.uint8,
+            tile=(64, 64),
+            compression=33003,
+            photometric="rgb",
+            description=APERIO.format(w=200, h=150),
+            metadata=None,
+        )
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_svs and tif.pages[0].compression == 33003
+    slide = open_slide(path)
+    level0 = slide.levels[0].compute()
+    np.testing.assert_array_equal(level0, _jfif_ycbcr_to_rgb(ycc))
+    # Pillow's own YCbCr -> RGB (fixed-point, so within 1) of the same samples.
+    pillow = np.asarray(Image.fromarray(ycc, "YCbCr").convert("RGB"))
+    np.testing.assert_allclose(level0, pillow, atol=1, rtol=0)
+    np.testing.assert_array_equal(slide.read_region(37, 50, 100, 140), level0[37:137, 50:190])
+    # Lossless storage: only the 8-bit YCbCr round trip separates us from the original.
+    roundtrip = np.abs(pillow.astype(int) - rgb).max()
+    assert np.abs(level0.astype(int) - rgb).max() <= roundtrip + 1
+
+
+def test_aperio_33003_ycbcr_422_tiles_match_pillow():
+    """Real-layout 33003 file with 4:2:2 chroma (see tests/data/README.md).
+
+    imagecodecs upsamples and converts subsampled codestreams itself; the
+    reference is Pillow's independent JPEG 2000 decoder, tile by tile.
+    """
+    path = DATA / "aperio-j2k-ycbcr422.svs"
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert tif.is_svs and page.compression == 33003 and page.photometric == 2
+        fh = tif.filehandle
+        ref = np.empty((128, 128, 3), np.uint8)
+        segments = zip(page.dataoffsets, page.databytecounts, strict=True)
+        for i, (offset, count) in enumerate(segments):
+            fh.seek(offset)
+            codestream = fh.read(count)
+            siz = codestream.index(b"\xff\x51")
+            assert codestream[siz + 44 : siz + 46] == b"\x02\x01"  # Cb XRsiz, YRsiz: 4:2:2
+            ty, tx = divmod(i, 2)
+            tile = Image.open(io.BytesIO(codestream))
+            ref[ty * 64 : ty * 64 + 64, tx * 64 : tx * 64 + 64] = np.asarray(tile.convert("RGB"))
+    slide = open_slide(path)
+    assert slide.mpp == pytest.approx(0.499) and slide.magnification == 20
+    # OpenJPEG's and Pillow's integer YCbCr conversions round differently by at most 1.
+    np.testing.assert_allclose(slide.levels[0].compute(), ref, atol=1, rtol=0)
+    np.testing.assert_allclose(slide.read_region(20, 30, 90, 80), ref[20:110, 30:110], atol=1)
 
 
 def _ndpi_jpeg(img: np.ndarray, subsampling: int) -> tuple[bytes, list[int]]:
@@ -479,6 +558,41 @@ def test_ome_zarr(tmp_path, zarr_format, layout):
     np.testing.assert_array_equal(slide.read_region(10, 20, 70, 90), levels[0][10:80, 20:110])
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"scale": "half a micron"},  # not a number
+        {"scale": None},
+        {"scale": [0.5]},
+        {"scale": -0.5},
+        {"unit": "second"},  # not a length
+        {"unit": None},
+        {"transforms": "scale"},  # not a list of transforms
+    ],
+)
+def test_ome_zarr_invalid_scale_gives_no_mpp(tmp_path, bad):
+    """Malformed NGFF scale metadata leaves µm/px unknown; the pixels still read."""
+    path = tmp_path / "bad-scale.ome.zarr"
+    levels = _halves(_tissue(100, 120), 2)
+    _write_ome_zarr(path, levels, 3, "yxc")
+    root = zarr.open_group(path, mode="r+")
+    ome = root.attrs["ome"]
+    ms = ome["multiscales"][0]
+    if "scale" in bad:
+        ms["datasets"][0]["coordinateTransformations"][0]["scale"][1] = bad["scale"]
+    if "unit" in bad:
+        for axis in ms["axes"]:
+            if axis["name"] in "yx":
+                axis["unit"] = bad["unit"]
+    if "transforms" in bad:
+        ms["datasets"][0]["coordinateTransformations"] = bad["transforms"]
+    root.attrs["ome"] = ome
+    slide = open_slide(path)
+    assert slide.mpp is None
+    for ours, ref in zip(slide.levels, levels, strict=True):
+        np.testing.assert_array_equal(ours.compute(), ref)
+
+
 # --- plain images ------------------------------------------------------------
 
 
@@ -501,3 +615,22 @@ def test_jpeg_matches_pillow(tmp_path):
     slide = open_slide(path)
     assert slide.format == "jpeg" and slide.levels[0].shape == (130, 170, 3)
     np.testing.assert_array_equal(slide.levels[0].compute(), np.asarray(Image.open(path)))
+
+
+@pytest.mark.parametrize("bits,transparency", [(8, None), (4, None), (1, None), (8, 0)])
+def test_palette_png_is_expanded_to_rgb(tmp_path, bits, transparency):
+    """Indexed-colour PNGs of any index depth read as their RGB colours; transparency is dropped."""
+    rng = np.random.default_rng(bits)
+    colours = 2**bits
+    index = rng.integers(0, colours, (40, 70), dtype=np.uint8)
+    image = Image.fromarray(index, "P")
+    image.putpalette(rng.integers(0, 256, colours * 3, dtype=np.uint8).tobytes())
+    path = tmp_path / "palette.png"
+    extra = {} if transparency is None else {"transparency": transparency}
+    image.save(path, bits=bits, **extra)
+    header = path.read_bytes()[24:26]
+    assert (header[0], header[1]) == (bits, 3)  # IHDR bit depth, colour type 3 = palette
+    slide = open_slide(path)
+    assert slide.format == "png" and slide.levels[0].shape == (40, 70, 3)
+    reference = np.asarray(Image.open(path).convert("RGBA"))[..., :3]
+    np.testing.assert_array_equal(slide.levels[0].compute(), reference)

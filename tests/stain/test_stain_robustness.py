@@ -7,8 +7,8 @@ import torch
 from stain_cases import METHODS
 
 from napari_stainfuser.errors import ParameterError, StainEstimationError
-from napari_stainfuser.stain import get_normalizer, tissue_mask
-from napari_stainfuser.stain.lab import delta_e2000_rgb
+from napari_stainfuser.stain import get_normalizer, rgb_to_lab, tissue_mask
+from napari_stainfuser.stain.lab import delta_e2000_rgb, delta_e_ciede2000
 
 SATURATED = np.array(
     [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255]], np.uint8
@@ -94,10 +94,28 @@ def test_single_colour_target_is_an_estimation_error(method, images):
         get_normalizer(method).fit(np.full((60, 60, 3), (180, 90, 160), np.uint8), name="flat")
 
 
-def test_pen_marked_target_can_be_fitted_and_used(images):
-    for method in METHODS:
-        norm = get_normalizer(method).fit(images["pen"])
-        assert norm.transform(images["source"]).shape == images["source"].shape
+def _mean_tissue_lab(image: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+    return rgb_to_lab(image[mask]).double().mean(0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pen_marked_target_can_be_fitted_and_used(method, images):
+    pen, src = images["pen"], images["source"].copy()
+    src[:8, :8] = 255  # a patch of glass
+    norm = get_normalizer(method).fit(pen, name="pen target")
+    out = norm.transform(src)
+    assert out.dtype == np.uint8 and out.shape == src.shape
+    f = norm.transform(torch.from_numpy(src).permute(2, 0, 1)[None].float() / 255.0)
+    assert torch.isfinite(f).all()
+    assert float(delta_e2000_rgb(out[:8, :8], src[:8, :8]).max()) < 2.0
+    # The tissue moved toward the (pen-marked) target: its mean colour, over the
+    # same tissue pixels, is closer to the target's mean tissue colour than the
+    # source's was.
+    tissue = tissue_mask(src).mask
+    goal = _mean_tissue_lab(pen, tissue_mask(pen).mask)
+    before = float(delta_e_ciede2000(_mean_tissue_lab(src, tissue), goal))
+    after = float(delta_e_ciede2000(_mean_tissue_lab(out, tissue), goal))
+    assert after < before, (before, after)
 
 
 @pytest.mark.parametrize(

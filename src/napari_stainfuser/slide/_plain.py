@@ -2,7 +2,8 @@
 
 These formats cannot be decoded partially, so the first computed chunk decodes
 the whole image once (imagecodecs) and the source keeps it; shape, colour type
-and density come from the header alone, so opening reads no pixels.
+and density come from the header alone, so opening reads no pixels. Palette
+PNGs are expanded to RGB; RGBA and palette transparency are dropped.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def _png_header(path: Path, data: bytes) -> Header:
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise error(path, "corrupt PNG: no IHDR chunk")
     width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
-    if depth != 8:
+    # Palette (indexed-colour) PNGs hold 1-8-bit indices into 8-bit RGB
+    # entries; the decoder expands them to RGB(A).
+    if depth != 8 and not (colour == 3 and depth in (1, 2, 4)):
         raise not_rgb(path, f"PNG has {depth}-bit samples")
     if colour in (0, 4):
         raise not_rgb(path, "PNG is greyscale")

@@ -19,11 +19,11 @@ location, and keeps the task source small enough to pickle (workers re-parse
 the one IFD they need).
 
 Aperio compression 33003 stores each tile as a JPEG 2000 codestream of
-YCbCr samples without the codestream's own colour transform (the TIFF tag
-says RGB; OpenSlide's Aperio format notes), optionally with chroma at half
-horizontal resolution; 33005 stores RGB. tifffile hands 33003 tiles to a
-plain JPEG 2000 decode, so the YCbCr → RGB step is done here
-(``_aperio_ycbcr_to_rgb``).
+YCbCr samples without the codestream's own colour transform (MCT), possibly
+with chroma at half horizontal resolution, although the TIFF tag says RGB
+(OpenSlide's Aperio format notes); 33005 stores RGB. tifffile hands 33003
+tiles to a plain JPEG 2000 decode that returns full-resolution YCbCr as is,
+so that YCbCr → RGB step is done here (``_aperio_ycbcr_to_rgb``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ ASSOCIATED_NAMES = ("thumbnail", "label", "macro")
 APERIO_J2K_YCBCR = 33003  # TIFF Compression value; 33005 is the RGB variant
 _RGB_PHOTOMETRIC = {2, 6}  # RGB, YCbCr (decoded to RGB)
 _GREY_PHOTOMETRIC = {0, 1}  # MinIsWhite, MinIsBlack
+_PALETTE_PHOTOMETRIC = 3
 _OME_UNIT_UM = {
     "pm": 1e-6,
     "Å": 1e-4,
@@ -74,30 +75,41 @@ class TiffParts:
     sources: list[TiffLevelSource]
 
 
-def _j2k_chroma_subsampled(data: bytes) -> bool:
-    """Whether a JPEG 2000 codestream stores its 2nd component at reduced width.
+def _j2k_decodes_to_rgb(data: bytes) -> bool:
+    """Whether decoding this JPEG 2000 tile already yields RGB rather than YCbCr.
 
-    Read from the SIZ marker segment, which directly follows SOC: Csiz at
-    byte 40, then (Ssiz, XRsiz, YRsiz) per component from byte 42.
+    True when the main header's COD segment enables the multiple component
+    transform (the codestream's own RCT/ICT, inverted by the decoder; files
+    written by tifffile with compression 33003 do this), or when the SIZ
+    segment gives component 1 (Cb) a reduced width: imagecodecs then
+    upsamples the chroma and converts with OpenJPEG's sYCC routine.
     """
-    start = data.find(b"\xff\x4f\xff\x51", 0, 256)  # SOC + SIZ (after JP2 boxes if any)
-    if start < 0:
-        raise ValueError("no JPEG 2000 codestream header (SOC/SIZ) in tile")
-    siz = data[start : start + 51]
-    if len(siz) < 51 or int.from_bytes(siz[40:42], "big") != 3:
+    pos = data.find(b"\xff\x4f\xff\x51", 0, 4096)  # SOC + SIZ, after JP2 boxes if any
+    if pos < 0:
+        raise ValueError("no JPEG 2000 codestream header (SOC, SIZ) in the tile")
+    siz = data[pos + 2 : pos + 51]
+    # SIZ: marker, Lsiz, Rsiz, 8 × 4-byte sizes, Csiz, then (Ssiz, XRsiz, YRsiz) each
+    if len(siz) < 49 or int.from_bytes(siz[38:40], "big") != 3:
         raise ValueError("JPEG 2000 tile is not a 3-component codestream")
-    return siz[46] != 1  # XRsiz of component 1 (Cb)
+    if siz[44] != 1:  # XRsiz of Cb
+        return True
+    pos += 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] != 0x90:  # up to SOT
+        if data[pos + 1] == 0x52:  # COD: Scod, progression, 2-byte layer count, MCT
+            return len(data) > pos + 8 and data[pos + 8] != 0
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    raise ValueError("JPEG 2000 tile has no COD segment in its main header")
 
 
 def _aperio_ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
-    """Full-range ITU-R BT.601 (JFIF, ITU-T T.871) YCbCr → RGB, rounded and clipped.
+    """Full-range ITU-R BT.601 YCbCr (JFIF, ITU-T T.871) → RGB, rounded and clipped.
 
-    The conversion OpenSlide applies to Aperio 33003 tiles.
+    The JPEG-style conversion OpenSlide also applies to Aperio 33003 tiles.
     """
-    y = ycbcr[..., 0].astype(np.float32)
-    cb = ycbcr[..., 1].astype(np.float32) - 128.0
-    cr = ycbcr[..., 2].astype(np.float32) - 128.0
-    rgb = np.empty(ycbcr.shape[:-1] + (3,), dtype=np.float32)
+    y = ycbcr[..., 0].astype(np.float64)
+    cb = ycbcr[..., 1].astype(np.float64) - 128.0
+    cr = ycbcr[..., 2].astype(np.float64) - 128.0
+    rgb = np.empty(ycbcr.shape[:-1] + (3,), dtype=np.float64)
     rgb[..., 0] = y + 1.402 * cr
     rgb[..., 1] = y - 0.344136 * cb - 0.714136 * cr
     rgb[..., 2] = y + 1.772 * cb
@@ -280,10 +292,7 @@ class TiffLevelSource:
             parts = planes[0] if len(planes) == 1 else np.concatenate(planes, -1)
             if parts.shape[0] < need[0] or parts.shape[1] < need[1]:
                 raise ValueError(f"decoded tile has shape {parts.shape}, expected {need}")
-            # imagecodecs (OpenJPEG's sYCC routine) already upsamples and converts
-            # codestreams whose chroma has reduced width; full-resolution ones
-            # come back as the stored YCbCr samples.
-            ycbcr = self.aperio_ycbcr and not _j2k_chroma_subsampled(raw[0][1])
+            ycbcr = self.aperio_ycbcr and not _j2k_decodes_to_rgb(raw[0][1])
         except Exception as exc:
             raise self._fail(ty, tx, exc) from exc
         parts = parts[: need[0], : need[1]]
@@ -345,6 +354,8 @@ def _check_rgb(path: Path, series: tifffile.TiffPageSeries, what: str) -> None:
     if photometric in _GREY_PHOTOMETRIC:
         why = "greyscale" if s == 1 else f"multichannel ({s} channels)"
         raise not_rgb(path, f"{what} is {why}")
+    if photometric == _PALETTE_PHOTOMETRIC:
+        raise not_rgb(path, f"{what} is a palette (indexed-colour) image")
     name = getattr(page.photometric, "name", str(photometric))
     raise not_rgb(path, f"{what} has photometric {name} with {s} samples")
 

@@ -89,7 +89,7 @@ def _axis_names(meta: dict[str, Any], array: zarr.Array) -> list[str]:
     if axes:
         names = []
         for a in axes:
-            name = (a.get("name", "") if isinstance(a, dict) else str(a)).lower()
+            name = str(a.get("name", "") if isinstance(a, dict) else a).lower()
             kind = a.get("type") if isinstance(a, dict) else None
             names.append("c" if kind == "channel" else name)
         return names
@@ -115,18 +115,29 @@ def _check_level(path: Path, array: zarr.Array, axes: list[str], k: int) -> None
         raise not_rgb(path, f"level {k} is multi-plane: {', '.join(extra)} planes")
 
 
-def _scale_mpp(meta: dict[str, Any], dataset: dict[str, Any], axes_meta: Any, x: int) -> Any:
+def _scale_mpp(meta: dict[str, Any], dataset: Any, axes_meta: Any, x: int) -> float | None:
+    """µm/px along x from the NGFF scale transforms and the x axis unit.
+
+    Metadata that does not follow the schema (a scale that is not a number,
+    no unit, a non-spatial unit) gives None: the pixels are still readable,
+    the file just does not say how large they are.
+    """
     scale = 1.0
-    for transforms in (
-        dataset.get("coordinateTransformations"),
-        meta.get("coordinateTransformations"),
-    ):
-        for t in transforms or []:
-            if t.get("type") == "scale" and len(t.get("scale", [])) > x:
-                scale *= float(t["scale"][x])
-    unit = axes_meta[x].get("unit") if axes_meta and isinstance(axes_meta[x], dict) else None
+    try:
+        for transforms in (
+            dataset.get("coordinateTransformations"),
+            meta.get("coordinateTransformations"),
+        ):
+            for t in transforms or []:
+                if t.get("type") == "scale" and len(t.get("scale", [])) > x:
+                    scale *= float(t["scale"][x])
+        axis = axes_meta[x] if axes_meta else None
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None
+    unit = axis.get("unit") if isinstance(axis, dict) else None
     factor = _UNIT_UM.get(str(unit).lower()) if unit else None
-    return scale * factor if factor and scale > 0 else None
+    mpp = scale * factor if factor else None
+    return mpp if mpp is not None and np.isfinite(mpp) and mpp > 0 else None
 
 
 def open_zarr(path: Path) -> ZarrParts:

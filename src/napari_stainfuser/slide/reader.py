@@ -11,8 +11,9 @@ level, decoding the touched TIFF tiles in a thread pool without a dask graph
 (dask's per-task scheduling costs about as much as decoding a 240² tile).
 
 Formats are detected from the first bytes, not the extension: TIFF family
-(Aperio SVS incl. JPEG 2000, NDPI, OME-TIFF, generic tiled/pyramidal/plain
-TIFF) in ``_tiff``, OME-Zarr directories in ``_zarr``, PNG/JPEG in ``_plain``.
+(Aperio SVS incl. JPEG 2000, with 33003 YCbCr tiles converted to RGB; NDPI;
+OME-TIFF; generic tiled/pyramidal/plain TIFF) in ``_tiff``, OME-Zarr
+directories in ``_zarr``, PNG/JPEG in ``_plain``.
 
 µm/px comes from the format's own metadata (Aperio ``MPP``, OME
 ``PhysicalSizeX`` + unit, NGFF scale + unit), else from TIFF resolution tags,
@@ -21,9 +22,11 @@ implies more than 25 µm/px (every document/screen default: 72-600 dpi), is
 ignored and ``mpp`` is None. Magnification comes from Aperio ``AppMag``, the
 NDPI Magnification tag or the OME objective's NominalMagnification.
 
-Greyscale, 16-bit, palette and multichannel (fluorescence) images are refused
-with "not a brightfield RGB slide"; RGBA drops alpha. Files without a pyramid
-down to 1024 px get lower levels built lazily by ``build_pyramid``.
+Greyscale, 16-bit and multichannel (fluorescence) images, and palette
+(indexed-colour) TIFFs, are refused with "not a brightfield RGB slide".
+Palette PNGs (1-8-bit indices) are expanded to RGB; RGBA drops alpha. Files
+without a pyramid down to 1024 px get lower levels built lazily by
+``build_pyramid``.
 """
 
 from __future__ import annotations

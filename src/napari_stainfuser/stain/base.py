@@ -42,24 +42,6 @@ _CHUNK = 1 << 18
 State = dict[str, torch.Tensor]
 
 
-def mix(m, x: torch.Tensor) -> torch.Tensor:
-    """``m @ x`` for a small matrix ``m`` (j×i) and planar pixels ``x`` (i×N).
-
-    Written as scalar multiply-adds over contiguous channel planes rather than
-    a BLAS matmul: each pixel then gets exactly the same arithmetic whatever
-    the batch size, which keeps the lookup table and the direct computation
-    identical, and planes are faster than strided N×3 columns.
-    """
-    m = m.tolist() if isinstance(m, (torch.Tensor, np.ndarray)) else m
-    rows = []
-    for coeffs in m:
-        acc = x[0] * coeffs[0]
-        for i in range(1, len(coeffs)):
-            acc += x[i] * coeffs[i]
-        rows.append(acc)
-    return torch.stack(rows)
-
-
 def nearest_percentile(t: torch.Tensor, q: float) -> torch.Tensor:
     """The ``q``-th percentile of a 1-D tensor without interpolation (the order
     statistic of rank ``1 + round(q/100 * (n - 1))``, as torchstain takes it)."""

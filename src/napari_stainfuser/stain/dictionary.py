@@ -17,7 +17,7 @@ import itertools
 
 import torch
 
-from .base import mix
+from .planar import mix
 
 
 def _supports(k: int) -> list[tuple[int, ...]]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ._threads import run_all
+from .planar import mix
 
 # IEC 61966-2-1 (sRGB) primaries to CIE XYZ, D65.
 XYZ_FROM_RGB = np.array(
@@ -65,18 +66,6 @@ def _linear_rgb(t: torch.Tensor) -> torch.Tensor:
     return srgb_to_linear(t)
 
 
-def _mix(m: np.ndarray, planes) -> list[torch.Tensor]:
-    # A 3×3 colour matrix as scalar multiply-adds over channel planes: every
-    # pixel gets the same arithmetic whatever the batch size (see base.mix).
-    out = []
-    for r in range(3):
-        acc = planes[0] * float(m[r, 0])
-        acc += planes[1] * float(m[r, 1])
-        acc += planes[2] * float(m[r, 2])
-        out.append(acc)
-    return out
-
-
 def _f(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t > _EPS, t.clamp_min(_EPS) ** (1.0 / 3.0), (_KAPPA * t + 16.0) / 116.0)
 
@@ -88,7 +77,7 @@ def _f_inv(f: torch.Tensor) -> torch.Tensor:
 
 def lab_planes(r, g, b) -> list[torch.Tensor]:
     """L, a, b planes from R, G, B planes (uint8, or float in [0, 1])."""
-    fx, fy, fz = (_f(t) for t in _mix(_XYZN_FROM_RGB, [_linear_rgb(c) for c in (r, g, b)]))
+    fx, fy, fz = (_f(t) for t in mix(_XYZN_FROM_RGB, [_linear_rgb(c) for c in (r, g, b)]))
     return [116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)]
 
 
@@ -96,7 +85,7 @@ def rgb_planes(L, a, b) -> list[torch.Tensor]:
     """Unclipped sRGB planes (float, nominally [0, 1]) from L, a, b planes."""
     fy = (L + 16.0) / 116.0
     xyzn = [_f_inv(fy + a / 500.0), _f_inv(fy), _f_inv(fy - b / 200.0)]
-    return [linear_to_srgb(c) for c in _mix(_RGB_FROM_XYZN, xyzn)]
+    return [linear_to_srgb(c) for c in mix(_RGB_FROM_XYZN, xyzn)]
 
 
 def rgb_to_lab(rgb) -> torch.Tensor:

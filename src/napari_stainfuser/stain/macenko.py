@@ -30,8 +30,9 @@ import math
 import torch
 
 from ..errors import StainEstimationError
-from .base import StainNormalizer, State, _check_number, mix, nearest_percentile
+from .base import StainNormalizer, State, _check_number, nearest_percentile
 from .density import od_to_rgb, rgb_to_od, split_background
+from .planar import mix
 
 # Smallest angle between stain vectors we still call two stains (≈ 1°).
 MIN_STAIN_ANGLE = math.radians(1.0)

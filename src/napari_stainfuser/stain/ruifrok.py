@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
-from .base import StainNormalizer, State, _check_number, mix
+from .base import StainNormalizer, State, _check_number
 from .density import od_to_rgb, rgb_to_od, split_background
 from .macenko import concentration_ratio, max_concentrations, stain_od
 from .matrices import stain_matrix
+from .planar import mix
 
 
 class RuifrokNormalizer(StainNormalizer):

@@ -10,7 +10,7 @@ generator, so the same input always gives the same sample.
 import numpy as np
 
 from ..errors import ParameterError
-from .tissue import DEFAULT_MAX_SIDE, is_slide, slide_overview, tissue_mask
+from .tissue import DEFAULT_MAX_SIDE, check_rgb, is_slide, slide_overview, tissue_mask
 
 DEFAULT_MAX_PIXELS = 1 << 22  # a 2048² sample
 
@@ -21,15 +21,6 @@ def describe(source, name: str | None, default: str) -> str:
         return name
     path = getattr(source, "path", None)
     return f"slide {path}" if path else default
-
-
-def _as_rgb(image, name: str) -> np.ndarray:
-    a = np.asarray(image)
-    if a.ndim != 3 or a.shape[-1] != 3:
-        raise ParameterError(f"{name}: expected an H×W×3 RGB image, got shape {a.shape}")
-    if a.dtype != np.uint8:
-        raise ParameterError(f"{name}: expected uint8 RGB, got dtype {a.dtype}")
-    return a
 
 
 def tissue_pixels(
@@ -55,9 +46,9 @@ def tissue_pixels(
     elif isinstance(source, (list, tuple)):
         if not source:
             raise ParameterError(f"{label}: an empty list has no pixels")
-        images = [_as_rgb(im, f"{label} [{i}]") for i, im in enumerate(source)]
+        images = [check_rgb(im, f"{label} [{i}]") for i, im in enumerate(source)]
     else:
-        images = [_as_rgb(source, label)]
+        images = [check_rgb(source, label)]
     per_image = max(1, max_pixels // len(images))
     rng = np.random.default_rng(seed)
     parts = []

@@ -128,7 +128,8 @@ def slide_overview(slide, max_side: int = DEFAULT_MAX_SIDE) -> tuple[np.ndarray,
     return image, idx, (h0 / max(image.shape[0], 1), w0 / max(image.shape[1], 1))
 
 
-def _check_image(image, name: str) -> np.ndarray:
+def check_rgb(image, name: str) -> np.ndarray:
+    """``image`` as an H×W×3 uint8 array, or a one-line error naming ``name``."""
     a = np.asarray(image)
     if a.ndim != 3 or a.shape[-1] != 3:
         raise ParameterError(f"{name}: expected an H×W×3 RGB image, got shape {a.shape}")
@@ -159,7 +160,7 @@ def tissue_mask(
     if is_slide(image_or_slide):
         image, level, downsample = slide_overview(image_or_slide, max_side)
     else:
-        image, level, downsample = _check_image(image_or_slide, name), None, (1.0, 1.0)
+        image, level, downsample = check_rgb(image_or_slide, name), None, (1.0, 1.0)
     mask, thresholds = _detect(image, saturation_bounds, luminance_bounds, opening, min_object)
     return TissueMask(mask, downsample, level, thresholds)
 

@@ -24,7 +24,7 @@ scikit-learn ``DictionaryLearning``):
 
 import torch
 
-from .base import StainNormalizer, State, _check_number, mix
+from .base import StainNormalizer, State, _check_number
 from .density import od_to_rgb, rgb_to_od, split_background
 from .dictionary import learn_dictionary, nn_lasso
 from .macenko import (
@@ -34,6 +34,7 @@ from .macenko import (
     max_concentrations,
     stain_od,
 )
+from .planar import mix
 
 # Percentiles are stable on this many pixels; computing codes for all of a
 # 2048² sample would double the fit time for no visible change.
