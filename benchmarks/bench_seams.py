@@ -71,8 +71,17 @@ def main():
 
         print("\ntiny StainFuser (random weights), tile 128, overlap 32, 2 steps")
         sf = make_stainer("stainfuser", TARGET, weights=WEIGHTS, steps=2)
-        cases = [("cosine", "field"), ("none", "field"), ("cosine", "per_tile"), ("none", "per_tile")]
-        print(f"{'blending':<10}{'noise':<10}" + "".join(f"{k:>22}" for k in crops) + f"{'|log| mean':>12}")
+        cases = [
+            ("cosine", "field"),
+            ("none", "field"),
+            ("cosine", "per_tile"),
+            ("none", "per_tile"),
+        ]
+        print(
+            f"{'blending':<10}{'noise':<10}"
+            + "".join(f"{k:>22}" for k in crops)
+            + f"{'|log| mean':>12}"
+        )
         for window, noise in cases:
             row = [
                 score(run(img, work, f"sf-{window}-{noise}-{name[:3]}", stainer=sf, tile=128,
@@ -80,7 +89,9 @@ def main():
                 for name, img in crops.items()
             ]  # fmt: skip
             dev = sum(abs(math.log(v)) for v in row) / len(row)
-            print(f"{window:<10}{noise:<10}" + "".join(f"{v:>22.3f}" for v in row) + f"{dev:>12.3f}")
+            print(
+                f"{window:<10}{noise:<10}" + "".join(f"{v:>22.3f}" for v in row) + f"{dev:>12.3f}"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -50,7 +50,9 @@ def test_stainfuser_travels_as_its_recipe_and_restains_identically(cmu_crop):
     tiles = torch.from_numpy(cmu_crop[:128, :256]).permute(2, 0, 1).reshape(3, 128, 2, 128)
     tiles = tiles.permute(2, 0, 1, 3).contiguous()
     noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(again.stain(tiles, noise).tiles, sf.stain(tiles, noise).tiles, rtol=0, atol=0)
+    torch.testing.assert_close(
+        again.stain(tiles, noise).tiles, sf.stain(tiles, noise).tiles, rtol=0, atol=0
+    )
     assert stainer_identity(again) == stainer_identity(sf)
     with pytest.raises(ParameterError, match="stain preset"):
         make_stainer("stainfuser", TARGET.with_suffix(".json"))
