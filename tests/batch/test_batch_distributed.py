@@ -5,7 +5,7 @@ import signal
 
 import numpy as np
 import pytest
-from conftest import FAST, TARGET, WEIGHTS, read_level0
+from batch_cases import FAST, TARGET, WEIGHTS, read_level0
 
 from napari_stainfuser.batch import normalize_slide
 from napari_stainfuser.stainers import make_stainer

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import CLASSICAL, FAST, TARGET, read_level0, tiny_stainfuser
+from batch_cases import CLASSICAL, FAST, TARGET, read_level0, tiny_stainfuser
 from PIL import Image
 
 from napari_stainfuser.batch import normalize_slide, work_dir

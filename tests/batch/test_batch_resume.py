@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import TARGET, WEIGHTS, read_level0
+from batch_cases import TARGET, WEIGHTS, read_level0
 
 from napari_stainfuser.batch import normalize_slide, work_dir
 

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, TARGET, tiny_stainfuser
+from batch_cases import FAST, TARGET, tiny_stainfuser
 
 from napari_stainfuser.errors import ParameterError
 from napari_stainfuser.stainers import make_stainer, portable, stainer_identity
