@@ -21,7 +21,6 @@ resumed run can check it is continuing the same job (:func:`stainer_identity`).
 
 from __future__ import annotations
 
-import hashlib
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ParameterError
+from .fingerprint import array_digest, file_digest
 from .stainer import Stainer
 
 CLASSICAL = ("macenko", "reinhard", "ruifrok", "vahadane")
@@ -46,32 +46,13 @@ def _check_method(method) -> str:
     return key
 
 
-def _digest_array(a) -> str:
-    a = np.ascontiguousarray(np.asarray(a))
-    h = hashlib.sha256(a.tobytes())
-    h.update(f"{a.shape}{a.dtype}".encode())
-    return h.hexdigest()[:16]
-
-
-def _digest_file(path: Path, edge: int = 1 << 20) -> str:
-    """Cheap identity of a possibly huge file: size plus its first and last MiB."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        h.update(f.read(edge))
-        if size > 2 * edge:
-            f.seek(size - edge)
-            h.update(f.read(edge))
-    return h.hexdigest()[:16]
-
-
 def _describe_target(target) -> Any:
     if isinstance(target, (str, Path)):
         p = Path(target)
-        return {"path": str(p.resolve()), "digest": _digest_file(p)} if p.is_file() else str(p)
+        return {"path": str(p.resolve()), "digest": file_digest(p)} if p.is_file() else str(p)
     if hasattr(target, "levels"):
         return {"slide": str(getattr(target, "path", ""))}
-    return {"array": _digest_array(target)}
+    return {"array": array_digest(target)}
 
 
 def _slide_input(slide):
@@ -285,15 +266,15 @@ def stainer_identity(stainer) -> dict:
             **base,
             "method": stainer.name,
             "params": {k: _jsonable(v) for k, v in stainer.get_params().items()},
-            "target": {k: _digest_array(v) for k, v in (st["target"] or {}).items()},
-            "source": {k: _digest_array(v) for k, v in (st["source"] or {}).items()},
+            "target": {k: array_digest(v) for k, v in (st["target"] or {}).items()},
+            "source": {k: array_digest(v) for k, v in (st["source"] or {}).items()},
         }
     if recipe is not None and recipe.method == "stainfuser":
         w = Path(recipe.weights) if recipe.weights else None
         return {
             **base,
             "method": "stainfuser",
-            "weights": None if w is None else (_digest_file(w) if w.is_file() else str(w)),
+            "weights": None if w is None else (file_digest(w) if w.is_file() else str(w)),
             "target": _describe_target(recipe.target),
             "seed": recipe.seed,
             "params": {k: _jsonable(v) for k, v in recipe.params.items()},
@@ -305,7 +286,7 @@ def stainer_identity(stainer) -> dict:
             ident[attr] = _jsonable(getattr(stainer, attr))
     latents = getattr(stainer, "target_latents", None)
     if latents is not None and hasattr(latents, "cpu"):
-        ident["target_latents"] = _digest_array(latents.detach().cpu().numpy())
+        ident["target_latents"] = array_digest(latents.detach().cpu().numpy())
     return ident
 
 

@@ -8,13 +8,13 @@ than shipping a file handle).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ParameterError
+from ..fingerprint import array_digest, file_digest
 from ..slide.pyramid import build_pyramid
 
 
@@ -44,12 +44,12 @@ class SlideSource:
             p = Path(self.path)
             ident = {"path": str(p)}
             if p.is_file():
-                ident["digest"] = _file_digest(p)
+                ident["digest"] = file_digest(p)
             return ident
         lv = self.levels[0]
         if hasattr(lv, "dask"):
             return {"dask": lv.name, "shape": list(lv.shape)}
-        return {"array": _array_digest(np.asarray(lv))}
+        return {"array": array_digest(np.asarray(lv))}
 
     def level_ref(self, k: int):
         """A picklable callable returning level ``k`` in another process."""
@@ -75,23 +75,6 @@ class _GivenLevel:
 
     def __call__(self):
         return self.array
-
-
-def _file_digest(path: Path, edge: int = 1 << 20) -> str:
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        h.update(f.read(edge))
-        if size > 2 * edge:
-            f.seek(size - edge)
-            h.update(f.read(edge))
-    return h.hexdigest()[:16]
-
-
-def _array_digest(a: np.ndarray) -> str:
-    h = hashlib.sha256(np.ascontiguousarray(a).tobytes())
-    h.update(str(a.shape).encode())
-    return h.hexdigest()[:16]
 
 
 def open_source(slide, mpp: float | None = None) -> SlideSource:
