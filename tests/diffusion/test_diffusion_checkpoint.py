@@ -6,27 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusion_cases import REF_DIR
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from napari_stainfuser.diffusion import StainFuser, read_state_dict, save_checkpoint
 from napari_stainfuser.errors import CheckpointError
 
-REF_DIR = Path(__file__).parents[1] / "data" / "stainfuser-reference"
 CONFIGS = ("unet_config.json", "vae_config.json", "scheduler_config.json")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return load_file(REF_DIR / "reference_io.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,12 @@
 """Built-in SD2.1-base configs and the full-size model on the meta device."""
 
 import json
-from pathlib import Path
 
 import torch
+from diffusion_cases import REF_DIR
 
 from napari_stainfuser.diffusion import StainFuser, build_networks, load_configs, model_size
 from napari_stainfuser.diffusion.configs import DEFAULT_CONFIG_DIR
-
-REF_DIR = Path(__file__).parents[1] / "data" / "stainfuser-reference"
 
 
 def test_full_size_model_on_meta_device():

@@ -1,24 +1,14 @@
 """Bad inputs give a one-line ParameterError naming the parameter, and no output."""
 
 import contextlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from diffusion_cases import REF_DIR
 
 from napari_stainfuser.diffusion import StainFuser
 from napari_stainfuser.errors import ParameterError
-
-REF_DIR = Path(__file__).parents[1] / "data" / "stainfuser-reference"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+from diffusion_cases import REF_DIR
 
 from napari_stainfuser.diffusion import ENV_VAR, StainFuser, find_weights
 from napari_stainfuser.errors import CheckpointError
 
-REF_DIR = Path(__file__).parents[1] / "data" / "stainfuser-reference"
 WEIGHTS = REF_DIR / "checkpoint.safetensors"
 
 

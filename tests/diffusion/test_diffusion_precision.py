@@ -7,30 +7,14 @@ weight path; float16 autocast needs CUDA, so its decision is checked directly.
 
 import json
 import shutil
-from pathlib import Path
 
-import pytest
 import torch
-from safetensors.torch import load_file
+from diffusion_cases import REF_DIR
 
 from napari_stainfuser.diffusion import StainFuser
 from napari_stainfuser.diffusion.model import vae_runs_fp32
 
-REF_DIR = Path(__file__).parents[1] / "data" / "stainfuser-reference"
 WEIGHTS = REF_DIR / "checkpoint.safetensors"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return load_file(REF_DIR / "reference_io.safetensors")
 
 
 def test_fp16_weights_keep_a_force_upcast_vae_in_fp32(ref):

@@ -5,29 +5,11 @@ tests/data/stainfuser-reference/README.md describes how the vector was made
 and states the tolerances used here.
 """
 
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors.torch import load_file
+from diffusion_cases import REF_DIR
 
 from napari_stainfuser.diffusion import StainFuser
-
-REF_DIR = Path(__file__).parents[1] / "data" / "stainfuser-reference"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tiny model is all synchronisation overhead on the shared 2-core runner.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return load_file(REF_DIR / "reference_io.safetensors")
 
 
 def rel_l2(a, b):

@@ -1,28 +1,11 @@
 """Sampling behaviour: determinism, supplied noise, schedulers, and encoding the target once."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors.torch import load_file
+from diffusion_cases import REF_DIR
 
 from napari_stainfuser.diffusion import StainFuser, make_scheduler
 from napari_stainfuser.stainer import Stainer
-
-REF_DIR = Path(__file__).parents[1] / "data" / "stainfuser-reference"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return load_file(REF_DIR / "reference_io.safetensors")
 
 
 @pytest.fixture

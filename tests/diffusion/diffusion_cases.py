@@ -1,0 +1,5 @@
+"""Paths shared by the diffusion tests (a uniquely named module, not conftest)."""
+
+from pathlib import Path
+
+REF_DIR = Path(__file__).parents[1] / "data" / "stainfuser-reference"
