@@ -26,7 +26,7 @@ import zarr
 from zarr.codecs import GzipCodec, ZstdCodec
 
 from ..errors import ParameterError, SlideWriteError
-from .pyramid import MIN_LEVEL_SIZE, downsample2x
+from .pyramid import MIN_LEVEL_SIZE, downsample2x, level_shapes
 
 # Our own bookkeeping in the group attributes; the NGFF "ome" key is only
 # written by `finalize`, so a store whose lower levels were never built does
@@ -66,15 +66,6 @@ def check_tile(tile) -> None:
     """ParameterError unless `tile` is a positive multiple of 16 (TIFF requires it)."""
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16 or tile % 16:
         raise ParameterError(f"tile: expected a positive multiple of 16 (TIFF tiles), got {tile!r}")
-
-
-def level_shapes(shape: Sequence[int], min_size: int = MIN_LEVEL_SIZE) -> list[tuple[int, int]]:
-    """(Y, X) of each pyramid level: the same rule and odd-edge trimming as `build_pyramid`."""
-    shapes = [(int(shape[0]), int(shape[1]))]
-    while max(shapes[-1]) > min_size and min(shapes[-1]) >= 2:
-        h, w = shapes[-1]
-        shapes.append((h // 2, w // 2))
-    return shapes
 
 
 def zarr_compressors(compression: str | None, level: int | None = None):

@@ -168,9 +168,19 @@ def downsample2x(level: da.Array, target_chunk: int | None = None) -> da.Array:
     return da.Array(graph, name, chunks, meta=np.empty((0,) * level.ndim, dtype=np.uint8))
 
 
+def level_shapes(shape, min_size: int = MIN_LEVEL_SIZE) -> list[tuple[int, int]]:
+    """(Y, X) of every pyramid level: halve (rounding down) while the longest side
+    exceeds `min_size`. The one rule shared by readers, writers and synthetic slides."""
+    shapes = [(int(shape[0]), int(shape[1]))]
+    while max(shapes[-1]) > min_size and min(shapes[-1]) >= 2:
+        h, w = shapes[-1]
+        shapes.append((h // 2, w // 2))
+    return shapes
+
+
 def build_pyramid(level0: da.Array, min_size: int = MIN_LEVEL_SIZE) -> list[da.Array]:
     """Level 0 plus lazy 2× levels until the longest side is at most `min_size`."""
     levels = [level0]
-    while max(levels[-1].shape[:2]) > min_size and min(levels[-1].shape[:2]) >= 2:
+    for _ in level_shapes(level0.shape, min_size)[1:]:
         levels.append(downsample2x(levels[-1], target_chunk=level0.chunks[0][0]))
     return levels

@@ -67,6 +67,7 @@ from ._procedural import pixel_hashes, stream_key
 from ._staining import MARKERS as _MARKER_SPECS
 from ._staining import he_block, ihc_block, strips
 from ._tissue import TissueModel
+from .pyramid import level_shapes
 
 __all__ = [
     "MACENKO_REFERENCE_HE",
@@ -384,18 +385,13 @@ class SyntheticTissue:
         fade to their mean at coarse levels instead of aliasing. `kw` goes to
         `render_he`.
         """
-        h, w = _check_shape(shape)
         oy, ox = _check_pair(origin, "origin")
-        levels, k = [], 0
-        while True:
+        levels = []
+        for k, level_shape in enumerate(level_shapes(_check_shape(shape), min_size)):
             t = self if k == 0 else SyntheticTissue(self.seed, self.mpp * 2**k)
             f = 2**k
-            levels.append(
-                t.render_he((h // f, w // f), chunks=chunks, origin=(oy // f, ox // f), **kw)
-            )
-            if max(h // f, w // f) <= min_size or min(h // f, w // f) < 2:
-                return levels
-            k += 1
+            levels.append(t.render_he(level_shape, chunks=chunks, origin=(oy // f, ox // f), **kw))
+        return levels
 
     def render_ihc(
         self,
