@@ -3,7 +3,8 @@
 The synthetic slide's tissue is rendered twice, pixel-aligned: with stain
 matrix A (Ruifrok's H&E; the input) and with matrix B (the H&E reference
 vectors of Macenko's code; the ground truth), optionally with B's stain
-amounts scaled. Each method is fitted on B's rendering of a *different*
+amounts scaled; or, to test intensity alone, with one matrix and A's amounts
+scaled. Each method is fitted on B's rendering of a *different*
 region of the same slide (the target), then normalizes A; the table gives
 PSNR, SSIM and mean ΔE2000 against B's rendering of the same region.
 
@@ -18,9 +19,24 @@ from napari_stainfuser.slide.synthetic import MACENKO_REFERENCE_HE, synthetic_pa
 from napari_stainfuser.stain import RUIFROK_HE, get_normalizer
 
 METHODS = ("macenko", "reinhard", "vahadane", "ruifrok")
+# (title, matrix A, stain amounts of A, matrix B, stain amounts of B)
 SCENARIOS = (
-    ("matrix A → B", 1.0),
-    ("matrix A → B, B's stain amounts × 1.3", 1.3),
+    ("matrix A → B", RUIFROK_HE, 1.0, MACENKO_REFERENCE_HE, 1.0),
+    ("matrix A → B, B's stain amounts × 1.3", RUIFROK_HE, 1.0, MACENKO_REFERENCE_HE, 1.3),
+    (
+        "intensity only: one matrix, input under-stained (amounts × 0.7)",
+        RUIFROK_HE,
+        0.7,
+        RUIFROK_HE,
+        1.0,
+    ),
+    (
+        "intensity only: one matrix, input over-stained (amounts × 1.4)",
+        RUIFROK_HE,
+        1.4,
+        RUIFROK_HE,
+        1.0,
+    ),
 )
 
 
@@ -30,9 +46,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     shape = (args.size, args.size)
-    for title, scale_b in SCENARIOS:
+    for title, matrix_a, scale_a, matrix_b, scale_b in SCENARIOS:
         kw = dict(
-            seed=args.seed, matrix_a=RUIFROK_HE, matrix_b=MACENKO_REFERENCE_HE, scale_b=scale_b
+            seed=args.seed, matrix_a=matrix_a, scale_a=scale_a, matrix_b=matrix_b, scale_b=scale_b
         )
         a, truth = (x.compute() for x in synthetic_pair(shape, **kw))
         target = synthetic_pair(shape, origin=(0, 3 * args.size), **kw)[1].compute()

@@ -7,7 +7,8 @@ One run prints, side by side:
 * torchstain's Macenko and Reinhard (torch backend) normalizing the region;
 * each of our methods: fit on the target, fit_source on the region (slide-level
   statistics), the one-off 256³ lookup-table build, then the steady-state
-  transform; and, for reference, the per-image path (source statistics
+  transform (on an H×W×3 array, and on the B×3×H×W tensor that slide passes
+  hand to stainers); and, for reference, the per-image path (source statistics
   estimated from the region itself, as torchstain does).
 
 Everything is timed in interleaved rounds (decode, ours, torchstain, repeat),
@@ -121,6 +122,8 @@ def main() -> None:
         record("decode", lambda: decode_region(tif, pool))
         for method, norm in ours.items():
             record(method, lambda n=norm: n.transform(region))
+        # The stainer path slide passes use: a 1×3×H×W uint8 tensor.
+        record("macenko-torch", lambda: ours["macenko"].transform(chw[None]))
         for name, call in ts_calls.items():
             # torchstain's speed depends on torch's thread count (OpenMP
             # barriers on a busy machine): time both, its better one is the anchor.
@@ -164,6 +167,10 @@ def main() -> None:
             f"| ours {method}, slide-level statistics (lookup table) | {mps(method):.1f} "
             f"| {vs_decode:.2f}× | {vs_ts} |"
         )
+    print(
+        f"| ours macenko, 1×3×H×W torch tensor (the stainer path) | {mps('macenko-torch'):.1f} "
+        f"| {paired('macenko-torch', lambda i: times['decode'][i]):.2f}× | |"
+    )
     print("\nOne-off costs (s) and the per-image path:\n")
     print(
         "| method | fit on target (587×441) | fit on the 2048² region | fit_source (2048²) "

@@ -256,3 +256,24 @@ def test_progress_reports_tiles_rate_and_eta(cmu_crop, tmp_path):
     assert stain[0].done == 0 and stain[-1].done == stain[-1].total == 48
     assert stain[-1].rate > 0 and stain[-1].eta_s == 0
     assert [p.phase for p in seen][-2:] == ["pyramid", "done"]
+
+
+def test_a_slide_of_glass_only_passes_through_with_a_warning(tmp_path):
+    from napari_stainfuser.stain.lab import delta_e2000_rgb
+
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal((238, 236, 240), 2.0, (512, 640, 3)), 0, 255).astype(np.uint8)
+    outs = {}
+    for tissue in (True, False):
+        with pytest.warns(UserWarning, match="too little tissue.*already in the target stain"):
+            outs[tissue] = read_level0(
+                normalize_slide(
+                    glass, tmp_path / f"{tissue}.ome.zarr", method="macenko", target=TARGET,
+                    tissue=tissue,
+                )
+            )  # fmt: skip
+    # The tissue switch finds no tissue, so every pixel is copied through.
+    np.testing.assert_array_equal(outs[True], glass)
+    # Stained anyway, as if already in the target's stain, the glass stays glass
+    # (Macenko drops the faint colour noise off its stain plane, so not bit-exact).
+    assert float(delta_e2000_rgb(outs[False], glass).mean()) < 2.0

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
-from ..errors import ParameterError, SlideWriteError
+from ..errors import ParameterError, SlideWriteError, StainEstimationError
 from ..slide.writer import (
     DEFAULT_COMPRESSION,
     ZarrPyramid,
@@ -206,9 +207,11 @@ def _run(slide, output, fmt, work, cluster, report, **o) -> Path:
     overview = _with_overview(src)
     stainer = o["stainer"]
     if stainer is None:
+        # No slide here: the next step fits the slide statistics, and it also
+        # copes with a slide that is all glass.
         stainer = make_stainer(
-            o["method"], o["target"], o["weights"], slide=overview, device=o["device"],
-            seed=o["seed"], **o["stainer_params"],
+            o["method"], o["target"], o["weights"], device=o["device"], seed=o["seed"],
+            **o["stainer_params"],
         )  # fmt: skip
     stainer = _with_slide_statistics(stainer, overview)
     warm_up(stainer)
@@ -323,7 +326,15 @@ def _with_slide_statistics(stainer, src):
 
     if isinstance(stainer, StainNormalizer) and stainer.source_state is None:
         stainer = portable(stainer)()
-        stainer.fit_source(src, name=src.path or "slide")
+        name = src.path or "slide"
+        try:
+            stainer.fit_source(src, name=name)
+        except StainEstimationError as e:
+            # Glass only (or nearly): nothing to re-stain. As for a blank tile,
+            # treat it as already in the target's stain, so it passes through.
+            warnings.warn(f"{e}; treating it as already in the target stain", stacklevel=3)
+            stainer.source_state = stainer.target_state
+            stainer.source_name = f"{name} (no tissue)"
     return stainer
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,7 +78,8 @@ class TqdmProgress:
                     **self._kw,
                 )  # fmt: skip
             elif p.phase in self.STEPS:
-                tqdm.write(self.STEPS[p.phase] + " ...")
+                # stderr, like the bars: stdout stays for results.
+                tqdm.write(self.STEPS[p.phase] + " ...", file=sys.stderr)
             return
         if self._bar is not None:
             self._bar.update(p.done - self._bar.n)

@@ -29,7 +29,7 @@ from ..errors import ParameterError, StainEstimationError
 from ..stainer import StainerSpec, StainResult
 from ._threads import run_all, single_threaded
 from .density import DEFAULT_IO, check_io
-from .lut import apply_lut, apply_lut_torch, build_lut
+from .lut import apply_lut, apply_lut_planar, apply_lut_torch, build_lut
 from .sampling import DEFAULT_MAX_PIXELS, describe, tissue_pixels
 from .tissue import DEFAULT_MAX_SIDE
 
@@ -61,6 +61,17 @@ def _check_number(value, name: str, lo: float, hi: float, *, lo_open=False, hi_o
         rb = ")" if hi_open else "]"
         raise ParameterError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
     return v
+
+
+def _check_int(value, name: str, lo: int, hi: int) -> int:
+    """A whole number in [lo, hi]: 1.7 or "3" would be silently truncated or
+    parsed, so only true integers (or integral floats, as JSON may give) pass."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok and isinstance(value, float) and value.is_integer():
+        value, ok = int(value), True
+    if not ok:
+        raise ParameterError(f"{name} must be an integer, got {value!r}")
+    return int(_check_number(value, name, lo, hi))
 
 
 class StainNormalizer:
@@ -96,15 +107,15 @@ class StainNormalizer:
         device: str = "cpu",
     ):
         self.io = check_io(io)
-        self.max_pixels = int(_check_number(max_pixels, "max_pixels", 1, 1 << 30))
-        self.max_side = int(_check_number(max_side, "max_side", 16, 1 << 20))
-        self.min_tissue_pixels = int(
-            _check_number(min_tissue_pixels, "min_tissue_pixels", 1, 1 << 30)
-        )
-        self.seed = int(seed)
+        self.max_pixels = _check_int(max_pixels, "max_pixels", 1, 1 << 30)
+        self.max_side = _check_int(max_side, "max_side", 16, 1 << 20)
+        self.min_tissue_pixels = _check_int(min_tissue_pixels, "min_tissue_pixels", 1, 1 << 30)
+        self.seed = _check_int(seed, "seed", 0, (1 << 63) - 1)
+        if lut not in (None, True, False):
+            raise ParameterError(f"lut must be None, True or False, got {lut!r}")
         self.lut = lut
-        self.tile_size = int(_check_number(tile_size, "tile_size", 1, 1 << 16))
-        self.batch_size = int(_check_number(batch_size, "batch_size", 1, 1 << 16))
+        self.tile_size = _check_int(tile_size, "tile_size", 1, 1 << 16)
+        self.batch_size = _check_int(batch_size, "batch_size", 1, 1 << 16)
         self.device = str(device)
         self._lock = threading.Lock()
         self._table: np.ndarray | None = None
@@ -290,7 +301,7 @@ class StainNormalizer:
         key = str(device)
         with self._lock:
             if key not in self._device_tables:
-                self._device_tables[key] = torch.from_numpy(table).to(device)
+                self._device_tables[key] = torch.from_numpy(table.view(np.int32)).to(device)
             return self._device_tables[key]
 
     @staticmethod
@@ -364,10 +375,7 @@ class StainNormalizer:
             return x.clone()
         if not is_float and self._use_lut():
             if x.device.type == "cpu":
-                hwc = x.permute(0, 2, 3, 1).numpy()
-                return (
-                    torch.from_numpy(apply_lut(self._lut(), hwc)).permute(0, 3, 1, 2).contiguous()
-                )
+                return torch.from_numpy(apply_lut_planar(self._lut(), x.numpy()))
             return apply_lut_torch(self._lut_on(x.device), x)
         out = torch.empty_like(x)
         for b in range(x.shape[0]):

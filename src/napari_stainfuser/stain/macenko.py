@@ -77,14 +77,28 @@ def check_separable(stains: torch.Tensor, name: str) -> None:
                 )
 
 
-def stain_od(pixels: torch.Tensor, io: float, beta: float, min_pixels: int, name: str):
-    """Optical densities (float64) of pixels absorbing at least ``beta`` in every channel."""
+def stain_od(
+    pixels: torch.Tensor,
+    io: float,
+    beta: float,
+    min_pixels: int,
+    name: str,
+    every_channel: bool = True,
+):
+    """Optical densities (float64) of pixels absorbing at least ``beta`` in every
+    channel, or with ``every_channel=False`` in any channel (their absorbing
+    part, as :func:`split_background` gives it)."""
     od = rgb_to_od(pixels, io).to(torch.float64)
-    od = od[(od >= beta).all(dim=1)]
+    if every_channel:
+        od = od[(od >= beta).all(dim=1)]
+    else:
+        od = split_background(od.T)[0].T
+        od = od[(od >= beta).any(dim=1)]
     if od.shape[0] < min_pixels:
+        where = "every" if every_channel else "any"
         raise StainEstimationError(
             f"{name}: too little tissue to estimate stains ({od.shape[0]} pixels with "
-            f"optical density ≥ {beta:g}, need {min_pixels})"
+            f"optical density ≥ {beta:g} in {where} channel, need {min_pixels})"
         )
     return od
 

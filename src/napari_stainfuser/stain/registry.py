@@ -76,7 +76,7 @@ def load_normalizer(path, method: str | None = None, **params) -> StainNormalize
             f"{path}: stain preset version {version!r} is not supported (up to {PRESET_VERSION})"
         )
     stored = data.get("method")
-    if stored not in NORMALIZERS:
+    if not isinstance(stored, str) or stored not in NORMALIZERS:
         raise ParameterError(
             f"{path}: stain preset method {stored!r} is unknown; valid: {', '.join(sorted(NORMALIZERS))}"
         )

@@ -2,10 +2,17 @@
 
 The stain matrix is fixed (Ruifrok's published H&E by default, or H-DAB,
 H-E-DAB, or custom rows); only each stain's amount is normalized: the
-source's 99th-percentile concentration of every stain is scaled to the
-target's. Colour the fixed vectors do not explain (the least-squares
+source's 99th-percentile concentration of every stain, over the pixels that
+absorb at least ``beta`` in any channel, is scaled to the target's. Colour the fixed vectors do not explain (the least-squares
 residual) passes through unchanged, so fitting source and target on the same
 image gives the identity. This corrects staining intensity, not hue.
+
+Deliberate difference from tiatoolbox's ``RuifrokNormalizer``: tiatoolbox
+rebuilds every pixel from the stain vectors alone, with a background of 255,
+so the residual colour is lost and even a self-normalized image changes. We
+keep the residual and use the normalizer's ``io`` (240 by default, as for
+Macenko); glass brighter than ``io`` keeps its extra brightness (see
+:func:`~napari_stainfuser.stain.density.split_background`).
 """
 
 import numpy as np
@@ -41,7 +48,11 @@ class RuifrokNormalizer(StainNormalizer):
         return {"max_concentrations": (self._matrix.shape[0],)}
 
     def _estimate(self, pixels: torch.Tensor, name: str) -> State:
-        od = stain_od(pixels, self.io, self.beta, self.min_tissue_pixels, name)
+        # Every pixel that absorbs in any channel: requiring all three (as
+        # Macenko's vector estimate does) drops pale eosin, and how much of it
+        # depends on the staining strength, so the matched percentile would
+        # not scale with the stain it measures.
+        od = stain_od(pixels, self.io, self.beta, self.min_tissue_pixels, name, every_channel=False)
         c = od @ torch.from_numpy(np.linalg.pinv(self._matrix))
         return {"max_concentrations": max_concentrations(c, self.percentile)}
 
