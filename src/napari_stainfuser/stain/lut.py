@@ -51,6 +51,19 @@ def build_lut(fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
     return table
 
 
+def _block(n: int, images: int = 1) -> int:
+    """Pixels per job for ``images`` images of ``n`` pixels each."""
+    return max(n, 1) if n * images < _PARALLEL_MIN else _ROWS_PER_JOB
+
+
+def _run_blocks(job: Callable, keys: list) -> None:
+    # take and the copies release the GIL, so blocks run on all cores.
+    if len(keys) == 1:
+        job(keys[0])
+    else:
+        run_all(job, keys)
+
+
 def _gather_interleaved(table: np.ndarray, src: np.ndarray, dst: np.ndarray) -> None:
     """Look up m×3 C-contiguous uint8 pixels ``src`` into ``dst`` (same shape)."""
     m = src.shape[0]
@@ -79,17 +92,13 @@ def apply_lut(table: np.ndarray, rgb: np.ndarray) -> np.ndarray:
     flat = np.ascontiguousarray(rgb).reshape(-1, 3)
     out = np.empty_like(flat)
     n = flat.shape[0]
-    if n == 0:
-        return out.reshape(rgb.shape)
-    if n < _PARALLEL_MIN:
-        _gather_interleaved(table, flat, out)
-    else:
-        # take and the copies release the GIL, so row blocks run on all cores.
-        def job(s: int) -> None:
-            rows = slice(s, s + _ROWS_PER_JOB)
-            _gather_interleaved(table, flat[rows], out[rows])
+    step = _block(n)
 
-        run_all(job, range(0, n, _ROWS_PER_JOB))
+    def job(s: int) -> None:
+        rows = slice(s, s + step)
+        _gather_interleaved(table, flat[rows], out[rows])
+
+    _run_blocks(job, list(range(0, n, step)))
     return out.reshape(rgb.shape)
 
 
@@ -100,7 +109,7 @@ def apply_lut_planar(table: np.ndarray, x: np.ndarray) -> np.ndarray:
     planes = np.ascontiguousarray(x).reshape(bsz, 3, h * w)
     out = np.empty_like(planes)
     n = h * w
-    step = n if n * bsz < _PARALLEL_MIN else _ROWS_PER_JOB
+    step = _block(n, bsz)
 
     def job(key: tuple[int, int]) -> None:
         b, s = key
@@ -115,11 +124,7 @@ def apply_lut_planar(table: np.ndarray, x: np.ndarray) -> np.ndarray:
         for c in range(3):
             out[b, c, cols] = entry_bytes[:, c]
 
-    keys = [(b, s) for b in range(bsz) for s in range(0, n, step)]
-    if len(keys) == 1:
-        job(keys[0])
-    else:
-        run_all(job, keys)
+    _run_blocks(job, [(b, s) for b in range(bsz) for s in range(0, n, step)])
     return out.reshape(x.shape)
 
 

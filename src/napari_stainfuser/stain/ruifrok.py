@@ -3,9 +3,10 @@
 The stain matrix is fixed (Ruifrok's published H&E by default, or H-DAB,
 H-E-DAB, or custom rows); only each stain's amount is normalized: the
 source's 99th-percentile concentration of every stain, over the pixels that
-absorb at least ``beta`` in any channel, is scaled to the target's. Colour the fixed vectors do not explain (the least-squares
-residual) passes through unchanged, so fitting source and target on the same
-image gives the identity. This corrects staining intensity, not hue.
+absorb at least ``beta`` in any channel, is scaled to the target's. Colour
+the fixed vectors do not explain (the least-squares residual) passes through
+unchanged, so fitting source and target on the same image gives the
+identity. This corrects staining intensity, not hue.
 
 Deliberate difference from tiatoolbox's ``RuifrokNormalizer``: tiatoolbox
 rebuilds every pixel from the stain vectors alone, with a background of 255,
