@@ -15,7 +15,7 @@ import torch
 from diffusers import PNDMScheduler
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from napari_stainfuser.diffusion import StainFuserNetworks, make_scheduler
+from napari_stainfuser.diffusion import StainFuserNetworks, make_sampler
 
 REF_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "stainfuser-reference"
 
@@ -83,6 +83,6 @@ def official_stain(
 
 def evaluations(scheduler_config: dict, steps: int, scheduler: str = "pndm") -> int:
     """Network evaluations in one sampling run (PLMS evaluates its warm-up step twice)."""
-    s = make_scheduler(scheduler, scheduler_config)
+    s = make_sampler(scheduler, scheduler_config)
     s.set_timesteps(steps)
     return len(s.timesteps)

@@ -188,7 +188,10 @@ def bench_tiff(size: int, tile: int, rounds: int) -> None:
                 t_open, slide = best_of(rounds, lambda: reader.open_slide(path))
                 y = x = size // 4
                 t_read, region = best_of(
-                    rounds, lambda s=slide, y=y, x=x: s.read_region(y, x, 512, 512, 1)
+                    rounds,
+                    lambda s=slide, y=y, x=x: s.read_region(
+                        y=y, x=x, height=512, width=512, level=1
+                    ),
                 )
                 assert (region == 200).all()
                 print(

@@ -122,7 +122,7 @@ def run(path: Path, n: int, size: int, rounds: int, workers: int) -> float:
     store = zarr.open(tif_z.series[0].aszarr(level=0), mode="r")
 
     methods = {
-        "Slide.read_region": lambda y, x: slide.read_region(y, x, size, size),
+        "Slide.read_region": lambda y, x: slide.read_region(y=y, x=x, height=size, width=size),
         "Slide.levels (dask)": lambda y, x: level[y : y + size, x : x + size].compute(),
         "tifffile tiles": lambda y, x: tiles.read(y, x, size),
         "tifffile zarr": lambda y, x: store[y : y + size, x : x + size],

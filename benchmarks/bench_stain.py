@@ -28,7 +28,8 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_stainfuser.stain import get_normalizer, read_target_image
+from napari_stainfuser.stain import get_normalizer
+from napari_stainfuser.targets import read_target_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SLIDE = ROOT / "tests" / "data" / "CMU-1-Small-Region.svs"

@@ -11,6 +11,33 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+EXTRA_KINDS = ("labels", "image")
+
+
+@dataclass(frozen=True)
+class ExtraOutput:
+    """An output a stainer gives besides the stained tiles.
+
+    name: its key in :attr:`StainResult.extras` and in output files.
+    kind: "labels": a per-pixel probability in [0, 1], blended like the image
+        and then thresholded at one half into a 0/1 label image (a cell
+        mask); "image": a float map kept as is (uncertainty).
+
+    Each extra is one plane: a stainer returns it as B×1×H×W (or B×H×W).
+    """
+
+    name: str
+    kind: str = "labels"
+
+    def __post_init__(self):
+        if self.kind not in EXTRA_KINDS:
+            raise ValueError(f"extra output kind {self.kind!r} is not one of {EXTRA_KINDS}")
+        if not self.name.isidentifier():
+            raise ValueError(f"extra output name {self.name!r} must be an identifier")
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.kind}
+
 
 @dataclass(frozen=True)
 class StainerSpec:
@@ -27,6 +54,7 @@ class StainerSpec:
     multiple_of: tile edges must be a multiple of this (8 for latent diffusion).
     latent_channels / latent_factor: for diffusion stainers, the shape of the
         initial noise per tile (C × H/f × W/f); None for non-diffusion stainers.
+    extras: the extra outputs every :meth:`Stainer.stain` call returns.
     """
 
     tile_size: int = 512
@@ -39,11 +67,12 @@ class StainerSpec:
     multiple_of: int = 1
     latent_channels: int | None = None
     latent_factor: int | None = None
+    extras: tuple[ExtraOutput, ...] = ()
 
 
 @dataclass
 class StainResult:
-    """Stained tiles (B×3×H×W uint8) plus named extra outputs (B×k×H×W)."""
+    """Stained tiles (B×3×H×W uint8) plus named extra outputs (B×k×H×W float)."""
 
     tiles: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 Python::
 
-    from napari_stainfuser.stainers import make_stainer
+    from napari_stainfuser import make_stainer
 
     # Classical: fit the target (picture, stain preset .json, slide or array),
     # then the slide's own statistics once, on a tissue sample.
@@ -10,82 +10,75 @@ Python::
 
     # StainFuser: weights from a path, $STAINFUSER_WEIGHTS or the local
     # Hugging Face cache (never downloaded); the target is a picture or array.
-    sf = make_stainer("stainfuser", "target.png", weights="ckpt/", device="cuda", seed=0)
+    sf = make_stainer("stainfuser", "target.png", weights="ckpt/", device="cuda", seed=0,
+                      sampler="dpm++", steps=10)
 
     out = norm.stain(tiles)   # B×3×H×W uint8 -> StainResult
 
-Every stainer made here remembers how it was made (a :class:`StainerRecipe`),
-so a dask worker can rebuild an identical copy once (:func:`portable`) and a
-resumed run can check it is continuing the same job (:func:`stainer_identity`).
+A :class:`StainerRecipe` is the small, picklable description of a stainer
+that a whole-slide job carries to dask workers. :func:`recipe_of` derives it
+from a live stainer at the moment it is asked, from the stainer's current
+state (a classical normalizer's fitted statistics, StainFuser's weights and
+target), so a recipe can never describe an older state of the stainer.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ParameterError
 from .fingerprint import array_digest, file_digest
+from .methods import CLASSICAL, DIFFUSION
 from .stainer import Stainer
 
-CLASSICAL = ("macenko", "reinhard", "ruifrok", "vahadane")
-METHODS = (*CLASSICAL, "stainfuser")
 
-# Stainers built here -> how they were built.
-_RECIPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+@dataclass(frozen=True, eq=False)
+class Statistics:
+    """A classical normalizer's fitted statistics as plain arrays (what travels)."""
 
+    target: dict
+    target_name: str | None = None
+    source: dict | None = None
+    source_name: str | None = None
 
-def _check_method(method) -> str:
-    key = str(method).strip().lower()
-    if key not in METHODS:
-        raise ParameterError(f"method: {method!r} is unknown; valid: {', '.join(METHODS)}")
-    return key
+    @classmethod
+    def of(cls, norm) -> Statistics:
+        def arrays(state):
+            return None if state is None else {k: v.cpu().numpy() for k, v in state.items()}
 
+        return cls(
+            arrays(norm.target_state), norm.target_name, arrays(norm.source_state), norm.source_name
+        )
 
-def _describe_target(target) -> Any:
-    if isinstance(target, (str, Path)):
-        p = Path(target)
-        return {"path": str(p.resolve()), "digest": file_digest(p)} if p.is_file() else str(p)
-    if hasattr(target, "levels"):
-        return {"slide": str(getattr(target, "path", ""))}
-    return {"array": array_digest(target)}
+    def apply(self, norm) -> None:
+        import torch
 
+        def tensors(state):
+            return {
+                k: torch.as_tensor(np.asarray(v), dtype=torch.float64) for k, v in state.items()
+            }
 
-def _slide_input(slide):
-    """A slide path -> opened slide; a Slide or an array passes through."""
-    if isinstance(slide, (str, Path)):
-        from .slide import open_slide
-
-        return open_slide(slide)
-    return slide
-
-
-def _stainfuser_target(target) -> np.ndarray:
-    if isinstance(target, (str, Path)):
-        p = Path(target)
-        if p.suffix.lower() == ".json":
-            raise ParameterError(
-                f"target {p}: a stain preset describes a classical method; "
-                "stainfuser needs a target picture"
-            )
-        from .stain.registry import read_target_image
-
-        return read_target_image(p)
-    if hasattr(target, "levels"):
-        raise ParameterError("target: stainfuser needs a target picture or array, not a slide")
-    return np.asarray(target)
+        norm.target_state = tensors(self.target)
+        norm.target_name = self.target_name
+        if self.source is not None:
+            norm.source_state = tensors(self.source)
+            norm.source_name = self.source_name
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class StainerRecipe:
-    """Everything needed to rebuild a stainer in another process.
+    """Everything needed to build a stainer in any process.
 
-    For classical methods the fitted statistics travel with the recipe
-    (``state``), so workers neither refit nor reread the slide.
+    method: a name from :data:`napari_stainfuser.methods.METHODS`.
+    target: a picture, preset or slide path (str), an H×W×3 uint8 array, a
+        list of arrays, or :class:`Statistics` already fitted.
+    weights: the resolved checkpoint path (diffusion methods).
+    options: method options as sorted (name, value) pairs: ``steps``,
+        ``sampler``, ``precision``, ... for StainFuser; ``lut``,
+        ``max_pixels``, method parameters for the classical methods.
     """
 
     method: str
@@ -93,57 +86,49 @@ class StainerRecipe:
     weights: str | None = None
     device: str = "cpu"
     seed: int = 0
-    params: dict = field(default_factory=dict)
-    state: dict | None = None
+    options: tuple = field(default=())
+
+    @property
+    def params(self) -> dict:
+        return dict(self.options)
+
+    @property
+    def classical(self) -> bool:
+        return self.method in CLASSICAL
 
     def build(self) -> Stainer:
-        if self.method in CLASSICAL:
-            from .stain import get_normalizer
+        """A stainer fitted to the target (not yet to any slide)."""
+        if self.classical:
+            if isinstance(self.target, Statistics):
+                from .stain import get_normalizer
 
-            norm = get_normalizer(self.method, **self.params)
-            st = self.state
-            norm.target_state = {k: _tensor(v) for k, v in st["target"].items()}
-            norm.target_name = st["target_name"]
-            if st["source"] is not None:
-                norm.source_state = {k: _tensor(v) for k, v in st["source"].items()}
-                norm.source_name = st["source_name"]
-            stainer = norm
-        else:
-            stainer = _load_stainfuser(
-                self.target, self.weights, self.device, self.seed, self.params
+                norm = get_normalizer(
+                    self.method, device=self.device, seed=self.seed, **self.params
+                )
+                self.target.apply(norm)
+                return norm
+            from .targets import fit_target
+
+            return fit_target(
+                self.method, self.target, device=self.device, seed=self.seed, **self.params
             )
-        _RECIPES[stainer] = self
-        return stainer
+        from .diffusion import StainFuser
+
+        image = _picture(self.target)
+        sf = StainFuser.load(self.weights, device=self.device, seed=self.seed, **self.params)
+        sf.set_target(image)
+        return sf
 
     def __call__(self) -> Stainer:
         return self.build()
 
 
-def _tensor(v):
-    import torch
+def _picture(target) -> np.ndarray:
+    if isinstance(target, (str, Path)):
+        from .targets import read_target_image
 
-    return torch.as_tensor(np.asarray(v), dtype=torch.float64)
-
-
-def _load_stainfuser(target, weights, device, seed, params) -> Stainer:
-    from .diffusion import StainFuser
-
-    image = _stainfuser_target(target)  # a bad target fails before gigabytes are read
-    sf = StainFuser.load(weights, device=device, seed=seed, **params)
-    sf.set_target(image)
-    return sf
-
-
-def _classical_state(norm) -> dict:
-    def arrays(state):
-        return None if state is None else {k: v.cpu().numpy() for k, v in state.items()}
-
-    return {
-        "target": arrays(norm.target_state),
-        "target_name": norm.target_name,
-        "source": arrays(norm.source_state),
-        "source_name": norm.source_name,
-    }
+        return read_target_image(target)
+    return np.asarray(target)
 
 
 def make_stainer(
@@ -165,39 +150,28 @@ def make_stainer(
         (classical methods fit on its tissue), or an H×W×3 uint8 array.
     weights:
         StainFuser checkpoint file or directory; None looks in
-        $STAINFUSER_WEIGHTS and the local Hugging Face cache. Ignored by the
-        classical methods.
+        $STAINFUSER_WEIGHTS and the local Hugging Face cache.
     slide:
         The slide (path, Slide or array) that will be stained. Classical
         methods fit its stain statistics once on a tissue sample whose size
-        does not depend on any tiling, so every tile uses the same numbers.
+        does not depend on any tiling, exactly as a whole-slide job does
+        (:class:`napari_stainfuser.job.SlideJob` is what fits them).
     device, seed:
         Torch device; seed for pixel sampling (classical) or for noise when no
         noise field is given (StainFuser).
     params:
-        Passed on: normalizer options (``lut``, ``max_pixels``, ``tile_size``,
-        ``batch_size``, method parameters) or StainFuser options (``steps``,
-        ``scheduler``, ``tile_size``, ``overlap``, ``mpp``, ``batch_size``,
-        ``precision``).
+        Normalizer options (``lut``, ``max_pixels``, method parameters) or
+        StainFuser options (``steps``, ``sampler``, ``tile_size``,
+        ``overlap``, ``mpp``, ``batch_size``, ``precision``).
     """
-    key = _check_method(method)
-    if target is None:
-        raise ParameterError(f"target: {key} needs a target (picture, preset or array)")
-    if key in CLASSICAL:
-        from .stain import fit_target
+    from .job.checks import stainer_recipe
 
-        norm = fit_target(key, target, device=device, seed=seed, **params)
-        if slide is not None:
-            s = _slide_input(slide)
-            norm.fit_source(s, name=str(getattr(s, "path", "")) or None)
-        recipe = StainerRecipe(key, None, None, str(device), int(seed), dict(params))
-        recipe.state = _classical_state(norm)
-        recipe.target = _describe_target(target)
-        _RECIPES[norm] = recipe
-        return norm
-    weights = None if weights is None else str(weights)
-    recipe = StainerRecipe(key, target, weights, str(device), int(seed), dict(params))
-    return recipe.build()
+    recipe = stainer_recipe(method, target, weights, device, seed, params)
+    if slide is None:
+        return recipe.build()
+    from .job import SlideJob
+
+    return SlideJob.create(slide, stainer=recipe, tissue=False).open().stainer
 
 
 def warm_up(stainer) -> None:
@@ -210,39 +184,40 @@ def warm_up(stainer) -> None:
     from .stain.base import StainNormalizer
 
     if isinstance(stainer, StainNormalizer) and stainer.source_state is not None:
-        stainer.transform(np.zeros((1, 1, 3), np.uint8))
+        stainer.prepare()
 
 
 def recipe_of(stainer) -> StainerRecipe | None:
-    """How ``stainer`` was made, if it came from :func:`make_stainer`."""
-    try:
-        return _RECIPES.get(stainer)
-    except TypeError:
-        return None
-
-
-def portable(stainer):
-    """A picklable zero-argument callable that returns ``stainer`` or an identical copy.
-
-    Stainers from :func:`make_stainer` travel as their recipe (classical: the
-    fitted statistics; StainFuser: weights path and target, loaded once per
-    worker). Any other stainer must be picklable itself.
-    """
-    recipe = recipe_of(stainer)
-    if recipe is not None:
-        return recipe
+    """The recipe of ``stainer`` as it is now, or None if it cannot be rebuilt from one."""
+    if isinstance(stainer, StainerRecipe):
+        return stainer
     from .stain.base import StainNormalizer
 
     if isinstance(stainer, StainNormalizer):
         from .stain.registry import valid_params
 
         params = {
-            k: getattr(stainer, k) for k in valid_params(type(stainer)) if hasattr(stainer, k)
+            k: getattr(stainer, k)
+            for k in valid_params(type(stainer))
+            if hasattr(stainer, k) and k not in ("device", "seed")
         }
-        recipe = StainerRecipe(stainer.name, None, None, str(stainer.device), stainer.seed, params)
-        recipe.state = _classical_state(stainer)
-        return recipe
-    return _Given(stainer)
+        return StainerRecipe(
+            stainer.name, Statistics.of(stainer), None, str(stainer.device), int(stainer.seed),
+            tuple(sorted(params.items())),
+        )  # fmt: skip
+    make = getattr(stainer, "recipe", None)
+    return make() if callable(make) else None
+
+
+def portable(stainer):
+    """A picklable zero-argument callable that returns ``stainer`` or an identical copy.
+
+    Stainers with a recipe travel as it (classical: the fitted statistics;
+    StainFuser: weights path and target, loaded once per worker). Any other
+    stainer must be picklable itself.
+    """
+    recipe = recipe_of(stainer)
+    return recipe if recipe is not None else _Given(stainer)
 
 
 @dataclass
@@ -254,34 +229,34 @@ class _Given:
 
 
 def stainer_identity(stainer) -> dict:
-    """What identifies a stainer's output, for resume fingerprints."""
+    """What identifies a stainer's output pixels, for resume fingerprints."""
     spec = stainer.spec
     base = {"per_pixel": spec.per_pixel, "mpp": spec.mpp}
-    recipe = recipe_of(stainer)
     from .stain.base import StainNormalizer
 
     if isinstance(stainer, StainNormalizer):
-        st = _classical_state(stainer)
+        st = Statistics.of(stainer)
         return {
             **base,
             "method": stainer.name,
             "params": {k: _jsonable(v) for k, v in stainer.get_params().items()},
-            "target": {k: array_digest(v) for k, v in (st["target"] or {}).items()},
-            "source": {k: array_digest(v) for k, v in (st["source"] or {}).items()},
+            "target": {k: array_digest(v) for k, v in (st.target or {}).items()},
+            "source": {k: array_digest(v) for k, v in (st.source or {}).items()},
         }
-    if recipe is not None and recipe.method == "stainfuser":
+    recipe = recipe_of(stainer)
+    if recipe is not None and recipe.method in DIFFUSION:
         w = Path(recipe.weights) if recipe.weights else None
         return {
             **base,
-            "method": "stainfuser",
+            "method": recipe.method,
             "weights": None if w is None else (file_digest(w) if w.is_file() else str(w)),
-            "target": _describe_target(recipe.target),
+            "target": array_digest(_picture(recipe.target)),
             "seed": recipe.seed,
-            "params": {k: _jsonable(v) for k, v in recipe.params.items()},
+            "params": {k: _jsonable(v) for k, v in recipe.options},
             "device": recipe.device,
         }
     ident = {**base, "class": f"{type(stainer).__module__}.{type(stainer).__qualname__}"}
-    for attr in ("steps", "scheduler", "seed", "device"):
+    for attr in ("steps", "sampler", "seed", "device"):
         if hasattr(stainer, attr):
             ident[attr] = _jsonable(getattr(stainer, attr))
     latents = getattr(stainer, "target_latents", None)

@@ -169,7 +169,8 @@ def cmu_crop_tif(tmp_path_factory):
 def test_normalize_writes_what_the_library_writes(method, suffix, preset, cmu_crop_tif, tmp_path):
     from napari_stainfuser.batch import normalize_slide
     from napari_stainfuser.slide import open_slide
-    from napari_stainfuser.stain import get_normalizer, read_target_image
+    from napari_stainfuser.stain import get_normalizer
+    from napari_stainfuser.targets import read_target_image
 
     slide, crop = cmu_crop_tif
     target = DATA / "he" / "torchstain-target.png"

@@ -178,7 +178,7 @@ def test_saved_folder_is_a_config_folder_for_the_official_code(tmp_path, ref):
 def test_every_file_is_synced_before_it_is_renamed(tmp_path, monkeypatch):
     import os
 
-    from napari_stainfuser.diffusion import atomic
+    from napari_stainfuser import atomic
 
     events = []
     real_fsync, real_replace = atomic.fsync_file, os.replace

@@ -50,8 +50,8 @@ def test_cuda_requested_without_cuda(tmp_path):
 
 
 def test_other_bad_parameters(model):
-    with raises_one_line("unknown scheduler 'heun'"):
-        model.sample(torch.rand(1, 3, 64, 64), model.target_latents, scheduler="heun")
+    with raises_one_line("sampler: 'heun' is unknown"):
+        model.sample(torch.rand(1, 3, 64, 64), model.target_latents, sampler="heun")
     with raises_one_line(r"source must be in \[0, 1\]"):
         model.sample(torch.rand(1, 3, 64, 64) * 255, model.target_latents)
     with raises_one_line("tiles must be a uint8 torch tensor"):

@@ -30,7 +30,7 @@ def test_reference_eps_and_output(weights, ref):
         ref["source"],
         ref["target_latents"],
         steps=20,
-        scheduler="pndm",
+        sampler="pndm",
         init_noise=ref["init_noise"],
     )
     assert out.shape == ref["output"].shape

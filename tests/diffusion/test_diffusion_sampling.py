@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusion_cases import REF_DIR
 
-from napari_stainfuser.diffusion import StainFuser, make_scheduler
+from napari_stainfuser.diffusion import StainFuser, make_sampler
 from napari_stainfuser.stainer import Stainer
 
 
@@ -56,12 +56,12 @@ def test_init_noise_is_honoured(model, ref):
 def test_schedulers_run_their_steps(monkeypatch, model, ref, name):
     calls = count_calls(monkeypatch, model.networks, "predict_noise")
     out = model.sample(
-        ref["source"], ref["target_latents"], steps=5, scheduler=name, init_noise=ref["init_noise"]
+        ref["source"], ref["target_latents"], steps=5, sampler=name, init_noise=ref["init_noise"]
     )
     assert out.shape == ref["source"].shape
     assert torch.isfinite(out).all()
     # One network evaluation per scheduler timestep (PLMS repeats its warm-up step).
-    scheduler = make_scheduler(name, model.configs.scheduler)
+    scheduler = make_sampler(name, model.configs.scheduler)
     scheduler.set_timesteps(5)
     assert len(calls) == len(scheduler.timesteps)
 
@@ -72,7 +72,7 @@ def test_schedulers_differ(model, ref):
             ref["source"],
             ref["target_latents"],
             steps=5,
-            scheduler=name,
+            sampler=name,
             init_noise=ref["init_noise"],
         )
         for name in ("ddim", "dpm++")

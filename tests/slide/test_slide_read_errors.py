@@ -97,7 +97,7 @@ def test_corrupt_tile_fails_only_when_read(tmp_path):
     message = str(info.value)
     assert str(path) in message and "level 0" in message and f"(y={y}, x={x})" in message
     with pytest.raises(SlideReadError, match=rf"\(y={y}, x={x}\)"):
-        slide.read_region(y - 100, x - 100, 400, 400)
+        slide.read_region(y=y - 100, x=x - 100, height=400, width=400)
 
 
 def test_non_image_file(tmp_path):

@@ -86,7 +86,7 @@ def test_cmu_region_equals_tifffile_decode():
     y, x = 1013, 707  # not tile-aligned: the region spans partial tiles
     ref = tifffile.imread(CMU, key=0)[y : y + 512, x : x + 512]
     np.testing.assert_array_equal(slide.levels[0][y : y + 512, x : x + 512].compute(), ref)
-    np.testing.assert_array_equal(slide.read_region(y, x, 512, 512), ref)
+    np.testing.assert_array_equal(slide.read_region(y=y, x=x, height=512, width=512), ref)
 
 
 def test_cmu_chunks_are_native_tiles():
@@ -120,7 +120,8 @@ def test_cmu_missing_pyramid_is_built_by_area_averaging():
     assert slide.downsamples == [1.0, 2.0, 4.0]
     assert slide.level_mpp(2) == pytest.approx(4 * 0.499)
     np.testing.assert_array_equal(
-        slide.read_region(100, 200, 300, 400, level=1), _area_average(level0)[100:400, 200:600]
+        slide.read_region(y=100, x=200, height=300, width=400, level=1),
+        _area_average(level0)[100:400, 200:600],
     )
 
 
@@ -153,9 +154,9 @@ def test_repr_and_read_region_bounds():
     assert "CMU-1-Small-Region.svs" in text and "aperio-svs" in text and "2967×2220" in text
     assert isinstance(slide, Slide)
     with pytest.raises(ParameterError, match="outside level 0"):
-        slide.read_region(2900, 0, 100, 100)
+        slide.read_region(y=2900, x=0, height=100, width=100)
     with pytest.raises(ParameterError, match="level"):
-        slide.read_region(0, 0, 10, 10, level=7)
+        slide.read_region(y=0, x=0, height=10, width=10, level=7)
 
 
 # --- TIFF family written with tifffile -------------------------------------
@@ -235,7 +236,9 @@ def test_aperio_33003_ycbcr_tiles_are_converted_to_rgb(tmp_path):
     # Pillow's own YCbCr -> RGB (fixed-point, so within 1) of the same samples.
     pillow = np.asarray(Image.fromarray(ycc, "YCbCr").convert("RGB"))
     np.testing.assert_allclose(level0, pillow, atol=1, rtol=0)
-    np.testing.assert_array_equal(slide.read_region(37, 50, 100, 140), level0[37:137, 50:190])
+    np.testing.assert_array_equal(
+        slide.read_region(y=37, x=50, height=100, width=140), level0[37:137, 50:190]
+    )
     # Lossless storage: only the 8-bit YCbCr round trip separates us from the original.
     roundtrip = np.abs(pillow.astype(int) - rgb).max()
     assert np.abs(level0.astype(int) - rgb).max() <= roundtrip + 1
@@ -266,7 +269,9 @@ def test_aperio_33003_ycbcr_422_tiles_match_pillow():
     assert slide.mpp == pytest.approx(0.499) and slide.magnification == 20
     # OpenJPEG's and Pillow's integer YCbCr conversions round differently by at most 1.
     np.testing.assert_allclose(slide.levels[0].compute(), ref, atol=1, rtol=0)
-    np.testing.assert_allclose(slide.read_region(20, 30, 90, 80), ref[20:110, 30:110], atol=1)
+    np.testing.assert_allclose(
+        slide.read_region(y=20, x=30, height=90, width=80), ref[20:110, 30:110], atol=1
+    )
 
 
 def _ndpi_jpeg(img: np.ndarray, subsampling: int) -> tuple[bytes, list[int]]:
@@ -339,7 +344,9 @@ def test_ndpi_restart_marker_tiles(tmp_path):
     assert slide.levels[1].chunks[:2] == ((256,), (128,) * 3)
     # 4:4:4 has no chroma upsampling, so tile-wise decoding equals Pillow's whole-image decode.
     np.testing.assert_array_equal(slide.levels[0].compute(), refs[0])
-    np.testing.assert_array_equal(slide.read_region(37, 101, 300, 500), refs[0][37:337, 101:601])
+    np.testing.assert_array_equal(
+        slide.read_region(y=37, x=101, height=300, width=500), refs[0][37:337, 101:601]
+    )
     # 4:2:0 chroma is upsampled within each tile: equal to tifffile's tile-wise decode,
     # and to Pillow's whole-image decode except on the pixels either side of a tile edge.
     level1 = slide.levels[1].compute()
@@ -555,7 +562,9 @@ def test_ome_zarr(tmp_path, zarr_format, layout):
     assert slide.levels[0].chunks[0][0] == 64 and slide.levels[0].chunks[2] == (3,)
     for ours, ref in zip(slide.levels, levels, strict=True):
         np.testing.assert_array_equal(ours.compute(), ref)
-    np.testing.assert_array_equal(slide.read_region(10, 20, 70, 90), levels[0][10:80, 20:110])
+    np.testing.assert_array_equal(
+        slide.read_region(y=10, x=20, height=70, width=90), levels[0][10:80, 20:110]
+    )
 
 
 @pytest.mark.parametrize(

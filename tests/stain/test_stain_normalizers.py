@@ -15,12 +15,12 @@ from napari_stainfuser.stain import (
     NORMALIZERS,
     RUIFROK_HE,
     StainNormalizer,
-    fit_target,
     get_normalizer,
     load,
     load_normalizer,
 )
 from napari_stainfuser.stainer import Stainer, StainResult
+from napari_stainfuser.targets import fit_target
 
 
 def _angles(estimated: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_stainfuser.engine import VISIBLE, Engine
+from napari_stainfuser.job import SlideJob
 from napari_stainfuser.slide import open_slide
 from napari_stainfuser.slide.pyramid import build_pyramid
 from napari_stainfuser.stainer import StainerSpec
@@ -49,7 +50,7 @@ def test_lazy_levels_equal_the_stainer_on_each_whole_level(crop):
     slide = Crop(crop)
     norm = make_stainer("macenko", TARGET, slide=crop, **FAST)
     switch = detect_tissue(slide)
-    with ResultPyramid(slide, norm, tissue=switch, tile=192) as pyr:
+    with ResultPyramid(SlideJob.create(slide, stainer=norm, tile=192)) as pyr:
         assert len(pyr.arrays) == len(slide.levels) == 3
         for level, arr in zip(slide.levels, pyr.arrays, strict=True):
             img = level.compute()
@@ -71,6 +72,7 @@ def test_request_returns_at_once_and_tiles_land_in_the_store(crop):
         for f in futs:
             f.result(30)
         assert len(store) == 4 and norm.tiles == 4
+        assert level.ready(0, 0) is not None and level.ready(2, 2) is None
         # Already computed: nothing reaches the stainer again.
         level.region(0, 256, 0, 256)
         assert norm.tiles == 4
@@ -82,11 +84,13 @@ def test_request_returns_at_once_and_tiles_land_in_the_store(crop):
 def test_the_disk_cache_serves_a_second_session_without_the_stainer(crop, tmp_path):
     slide = Crop(crop, path="cmu-crop")
     first = Counting(make_stainer("ruifrok", TARGET, slide=crop, **FAST))
-    with ResultPyramid(slide, first, tile=256, cache_dir=tmp_path, stainer_id="ruifrok/x") as pyr:
+    job = SlideJob.create(slide, stainer=first, tile=256)
+    with ResultPyramid(job, cache_dir=tmp_path) as pyr:
         a = pyr.arrays[0][:512, :512].compute()
-    assert first.tiles == 4
+        tissue_tiles = len(pyr.levels[0].plan.tiles_for(0, 512, 0, 512))
+    assert first.tiles == tissue_tiles > 0  # glass never reaches the stainer
     second = Counting(make_stainer("ruifrok", TARGET, slide=crop, **FAST))
-    with ResultPyramid(slide, second, tile=256, cache_dir=tmp_path, stainer_id="ruifrok/x") as pyr:
+    with ResultPyramid(job.with_options(stainer=second), cache_dir=tmp_path) as pyr:
         b = pyr.arrays[0][:512, :512].compute()
     assert second.tiles == 0
     np.testing.assert_array_equal(a, b)

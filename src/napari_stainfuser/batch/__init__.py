@@ -1,8 +1,24 @@
 """Whole-slide batch runs: stain a slide into a pyramid, resumable, on one
-machine or a dask cluster. See :func:`normalize_slide`."""
+machine or a dask cluster. See :func:`normalize_slide` and :func:`run_job`.
 
-from .normalize import normalize_slide, work_dir
-from .progress import BatchProgress, TqdmProgress
-from .schedulers import parse_scheduler
+Names load on first use, so checking an output (:class:`OutputSpec`) needs
+neither zarr nor torch.
+"""
 
-__all__ = ["BatchProgress", "TqdmProgress", "normalize_slide", "parse_scheduler", "work_dir"]
+from importlib import import_module
+
+_LAZY = {
+    "normalize_slide": ".normalize",
+    "OutputSpec": ".output",
+    "work_dir": ".output",
+    "run_job": ".run",
+    "parse_scheduler": ".schedulers",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,19 +1,23 @@
-"""Where the units of a batch run execute: this process, or a dask cluster.
+"""Where the units of a run execute: this process, or a dask cluster.
 
-``scheduler`` takes:
+``scheduler`` (dask's word for it) takes:
 
-- ``None`` or ``"threads"``: this process, a few threads (I/O and compute overlap);
+- ``None`` or ``"threads"``: this process. Tiles are read by loader threads,
+  stained by the :class:`~napari_stainfuser.engine.Engine` (the same device
+  worker the napari layer uses) and written by writer threads;
 - ``"local"`` or ``"local:N"``: a ``dask.distributed.LocalCluster`` of N
   single-threaded worker processes (default: one per CPU core);
 - ``"tcp://host:port"``: an existing dask scheduler (its workers must see the
   slide and the output directory at the same paths);
 - a ``distributed.Client``.
 
-On a cluster each worker builds the stainer once, in a worker plugin, and
-keeps it for all its units; units are plain tasks that write their own output
-chunks, which never overlap, so no locking is needed. A worker that dies has
-its units rescheduled elsewhere by dask; since units are deterministic and
-commits are atomic, the output is unchanged.
+On a cluster what travels is the job's description: each worker opens the
+job once, in a worker plugin (fitting, detecting tissue and planning exactly
+as this process did), checks that it arrived at the same fingerprint, and
+keeps it for all its units. Units are plain tasks that write their own
+output chunks, which never overlap, so no locking is needed. A worker that
+dies has its units rescheduled elsewhere by dask; since units are
+deterministic and commits are atomic, the output is unchanged.
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ import contextlib
 import logging
 import os
 import re
+import socket
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from ..errors import ParameterError, StainFuserError
-from .units import UNITS, OpenRun, RunContext
+from ..errors import ParameterError, StainFuserError, opt
 
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
 
@@ -51,17 +55,18 @@ def parse_scheduler(scheduler) -> SchedulerChoice:
         if m:
             n = int(m.group(1)) if m.group(1) else (os.cpu_count() or 1)
             if n < 1:
-                raise ParameterError(f"scheduler: {scheduler!r} needs at least one worker")
+                raise ParameterError(f"{opt('scheduler')}: {scheduler!r} needs at least one worker")
             return SchedulerChoice("local", workers=n)
         if re.match(r"^(tcp|tls|ucx|inproc)://[^/\s]+$", s):
             return SchedulerChoice("address", address=s)
         raise ParameterError(
-            f"scheduler: {scheduler!r} is not understood; use local, local:N or tcp://host:port"
+            f"{opt('scheduler')}: {scheduler!r} is not understood; use local, local:N or "
+            "tcp://host:port"
         )
     if hasattr(scheduler, "submit") and hasattr(scheduler, "register_plugin"):
         return SchedulerChoice("client", client=scheduler)
     raise ParameterError(
-        f"scheduler: expected a string or a dask Client, got {type(scheduler).__name__}"
+        f"{opt('scheduler')}: expected a string or a dask Client, got {type(scheduler).__name__}"
     )
 
 
@@ -85,31 +90,58 @@ def torch_threads(n: int = TORCH_THREADS):
         torch.set_num_threads(before)
 
 
-def default_threads(device: str) -> int:
-    """Units run side by side in this process: a few per GPU, one per CPU core on CPU."""
-    if str(device).startswith("cuda"):
-        return 2
+def device_workers(device: str) -> int:
+    """Device threads in this process: one per GPU, one per CPU core on a CPU."""
+    if str(device).startswith(("cuda", "mps")):
+        return 1
     return max(1, min(8, os.cpu_count() or 1))
 
 
 class InProcess:
-    """Run units on a thread pool here, with a bounded number in flight."""
+    """Run units here: loader threads read, the engine stains, writer threads commit."""
 
-    def __init__(self, run: OpenRun, threads: int = 2):
-        self.run = run
-        self.threads = max(1, int(threads))
+    def __init__(self, units, device: str):
+        self.units = units
+        self.workers = device_workers(device)
 
     def map(self, kind: str, items: Sequence, on_done: Callable[[int], None]) -> None:
-        with torch_threads():
-            self._map(kind, items, on_done)
+        if kind == "blend":
+            self._pool_map(self.units.blend, items, on_done)
+            return
+        from ..engine import BACKGROUND, Engine
 
-    def _map(self, kind: str, items: Sequence, on_done: Callable[[int], None]) -> None:
-        fn = UNITS[kind]
+        units = self.units
+        limit = 2 * self.workers + 2  # groups in flight: enough to keep every stage busy
+        with (
+            Engine(
+                units.stainer, workers=self.workers, loaders=2, name="stainfuser-batch"
+            ) as engine,
+            ThreadPoolExecutor(2, thread_name_prefix="stainfuser-write") as writer,
+        ):
+            pending: deque[Future] = deque()
+            for n, group in enumerate(items):
+                box: dict = {}
+
+                def load(group=group, box=box):
+                    box["loaded"] = units.load(kind, group)
+                    return box["loaded"].items
+
+                stained = engine.submit_group((kind, n), load, len(group), BACKGROUND)
+                pending.append(writer.submit(_commit, units, kind, group, box, stained))
+                while len(pending) >= limit:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        pending.remove(f)
+                        on_done(f.result())
+            for f in pending:
+                on_done(f.result())
+
+    def _pool_map(self, fn, items, on_done) -> None:
         pending: deque = deque()
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="stainfuser-batch") as pool:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="stainfuser-blend") as pool:
             for item in items:
-                pending.append(pool.submit(fn, self.run, item))
-                while len(pending) >= 2 * self.threads:
+                pending.append(pool.submit(fn, item))
+                while len(pending) >= 2 * self.workers:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for f in done:
                         pending.remove(f)
@@ -121,36 +153,87 @@ class InProcess:
         pass
 
 
+def _commit(units, kind, group, box, stained: Future) -> int:
+    outputs = stained.result()  # raises the stainer's error here, in the caller's map
+    return units.commit(kind, group, box["loaded"], outputs)
+
+
 try:
     from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
 except ImportError:  # distributed is optional; only cluster runs need it
     _WorkerPlugin = object
 
 
-class StainerPlugin(_WorkerPlugin):
-    """Builds the run (stainer included) once when a worker joins, and keeps it."""
+@dataclass
+class WorkerRun:
+    """What a worker is sent: the job, the fingerprint it must reproduce, and the stores."""
 
-    def __init__(self, ctx: RunContext):
-        self.ctx = ctx
-        self.run = None
+    job: object
+    fingerprint: dict
+    pyramid_path: str
+    cache_path: str | None
+
+    def open(self):
+        from .run import open_units
+
+        return open_units(self.job, self.fingerprint, self.pyramid_path, self.cache_path)
+
+
+class JobPlugin(_WorkerPlugin):
+    """Opens the job once when a worker joins, and keeps its units."""
+
+    def __init__(self, run: WorkerRun):
+        self.run = run
+        self.units = None
 
     def setup(self, worker):
         import torch
 
         torch.set_num_threads(TORCH_THREADS)
-        self.run = self.ctx.open()
+        self.units = self.run.open()
 
     def teardown(self, worker):
-        self.run = None
+        self.units = None
 
 
 def _remote(kind: str, item, plugin: str) -> int:
     from distributed import get_worker
 
     p = get_worker().plugins[plugin]
-    if p.run is None:  # setup failed or raced: build it now
-        p.run = p.ctx.open()
-    return UNITS[kind](p.run, item)
+    if p.units is None:  # setup failed or raced: open it now
+        p.units = p.run.open()
+    return p.units.run(kind, item)
+
+
+def probe_scheduler(address: str, timeout: float) -> None:
+    """Fail within ``timeout`` unless a dask scheduler answers at ``address``.
+
+    A dask comm sends its handshake as soon as a connection opens; a service
+    that is not a dask scheduler (a web server, say) sends nothing and would
+    leave dask's own handshake waiting without bound.
+    """
+    m = re.match(r"^tcp://\[?([^\]]+?)\]?:(\d+)$", address)
+    if m is None:
+        return  # other transports: dask's own timeout applies
+    host, port = m.group(1), int(m.group(2))
+    what = f"{opt('scheduler')}: cannot reach the dask scheduler at {address}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            first = sock.recv(8)
+    except TimeoutError:
+        raise StainFuserError(
+            f"{what}: something listens there but sent no dask handshake within "
+            f"{timeout:g} s; is it a dask scheduler?"
+        ) from None
+    except OSError as e:
+        raise StainFuserError(
+            f"{what} within {timeout:g} s ({e.strerror or type(e).__name__})"
+        ) from None
+    if not first:
+        raise StainFuserError(
+            f"{what}: the service there closed the connection; is it a dask scheduler?"
+        )
 
 
 class OnCluster:
@@ -163,7 +246,8 @@ class OnCluster:
             from distributed import Client, LocalCluster
         except ImportError as e:  # an optional dependency
             raise ParameterError(
-                "scheduler: dask.distributed is not installed (pip install 'napari-stainfuser[distributed]')"
+                f"{opt('scheduler')}: dask.distributed is not installed "
+                "(pip install 'napari-stainfuser[distributed]')"
             ) from e
         self._cluster = None
         self._own_client = True
@@ -177,11 +261,12 @@ class OnCluster:
             )
             self.client = Client(self._cluster)
         elif choice.kind == "address":
+            probe_scheduler(choice.address, connect_timeout)
             try:
                 self.client = Client(choice.address, timeout=f"{connect_timeout}s")
             except (OSError, TimeoutError) as e:
                 raise StainFuserError(
-                    f"scheduler: cannot reach the dask scheduler at {choice.address} "
+                    f"{opt('scheduler')}: cannot reach the dask scheduler at {choice.address} "
                     f"within {connect_timeout:g} s ({type(e).__name__})"
                 ) from None
         else:
@@ -189,10 +274,10 @@ class OnCluster:
             self._own_client = False
         self.plugin_name = None
 
-    def start(self, ctx: RunContext) -> OnCluster:
-        """Have every worker (and any that joins later) build the run once."""
-        self.plugin_name = f"napari-stainfuser-{os.getpid()}-{id(ctx):x}"
-        self.client.register_plugin(StainerPlugin(ctx), name=self.plugin_name)
+    def start(self, run: WorkerRun) -> OnCluster:
+        """Have every worker (and any that joins later) open the job once."""
+        self.plugin_name = f"napari-stainfuser-{os.getpid()}-{id(run):x}"
+        self.client.register_plugin(JobPlugin(run), name=self.plugin_name)
         return self
 
     @property

@@ -1,4 +1,4 @@
-"""Units of work of a batch run, and what a process needs to execute them.
+"""Units of work of a whole-slide run, the same in every process that runs them.
 
 A run is cut into small, independent, deterministic units so that any
 process can execute any unit, in any order, any number of times, and the
@@ -11,6 +11,12 @@ output is the same:
   one batch and each stained tile is committed to the on-disk tile cache;
 - ``blend`` (phase 2): a group of output chunks is assembled from the cached
   tiles (blending, resampling back, tissue switch) and written.
+
+A stainer's extra outputs (a cell mask, an uncertainty map) go the same way
+as the image: cached per tile, blended with the same windows, resampled back
+and switched off on glass; a mask is thresholded at one half only after
+blending. They are written before the image chunk, so an image chunk on disk
+means its extras are complete.
 
 Groups are fixed by the plan (raster order, ``batch_size`` tiles), so a
 model always sees the same batches whether the run is resumed, distributed
@@ -26,56 +32,44 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.worker import stain_batch
-from ..slide.writer import ZarrPyramid
-from ..stainers import warm_up
-from ..tiling.plan import TilePlan
-from ..tiling.store import TileCache
-from ..tiling.tissue import TissueSwitch
 
 # Output chunks per blend unit: neighbours along a row share tiles.
 BLEND_GROUP = 4
+# Output chunk (and OME-TIFF tile) edge when it cannot simply be the stainer's tile.
+OUTPUT_TILE = 512
+
+
+def is_direct(plan) -> bool:
+    """Whether tiles can be written straight as output chunks (no cache, no blending)."""
+    return plan.per_pixel and plan.factor == 1.0 and plan.tile % 16 == 0
+
+
+def output_tile(plan) -> int:
+    return plan.tile if is_direct(plan) else OUTPUT_TILE
 
 
 @dataclass
-class RunContext:
-    """Picklable description of a run; :meth:`open` builds the live objects."""
+class Loaded:
+    """The tiles of a unit that go to the stainer, and the inputs a commit reuses."""
 
-    level: object  # callable returning the level array (see SlideSource.level_ref)
-    level_mpp: float | None
-    factory: object  # callable returning the stainer
-    tile: int | None
-    overlap: int | None
-    seed: int
-    noise: str
-    window: str
-    tissue: TissueSwitch | None
-    pyramid_path: str
-    cache_path: str | None
-    cache_fingerprint: dict = field(default_factory=dict)
+    tiles: list[tuple[int, int]]
+    items: list[tuple[np.ndarray, np.ndarray | None]] = field(default_factory=list)
 
-    def open(self) -> OpenRun:
-        stainer = self.factory()
-        warm_up(stainer)
-        plan = TilePlan(
-            self.level(), stainer.spec, tile=self.tile, overlap=self.overlap, mpp=self.level_mpp,
-            tissue=self.tissue, seed=self.seed, noise=self.noise, window=self.window,
-        )  # fmt: skip
-        pyramid = ZarrPyramid.open(self.pyramid_path)
-        cache = None
-        if self.cache_path is not None:
-            g = plan.grid
-            cache = TileCache.open(
-                self.cache_path, g.n_rows, g.n_cols, g.tile, self.cache_fingerprint
-            )
-        return OpenRun(stainer, plan, pyramid, cache)
+    def inputs(self) -> dict[tuple[int, int], np.ndarray]:
+        return {rc: x for rc, (x, _) in zip(self.tiles, self.items, strict=True)}
 
 
-@dataclass
-class OpenRun:
-    stainer: object
-    plan: TilePlan
-    pyramid: ZarrPyramid
-    cache: TileCache | None
+class Units:
+    """The units of one opened job, writing to its pyramid and tile cache."""
+
+    def __init__(self, job, pyramid, cache):
+        self.job = job
+        self.plan = job.plan
+        self.stainer = job.stainer
+        self.pyramid = pyramid
+        self.cache = cache
+        self.direct = is_direct(self.plan)
+        self.extras = {e.name: e.kind for e in job.spec.extras}
 
     # -- what is done --------------------------------------------------------------
 
@@ -84,47 +78,56 @@ class OpenRun:
         key = arr.metadata.encode_chunk_key((0, i, j))
         return (Path(self.pyramid.path) / "0" / key).is_file()
 
-    # -- units --------------------------------------------------------------------------
+    def group_done(self, kind: str, items) -> bool:
+        if kind == "stain":
+            return all(self.cache.has(*rc) for rc in items)
+        return all(self.chunk_done(*ij) for ij in items)
 
-    def _stain(self, tiles, loaded=None) -> dict[tuple[int, int], np.ndarray]:
-        if not tiles:
-            return {}
-        loaded = loaded or [self.plan.load(r, c) for r, c in tiles]
-        outs = stain_batch(self.stainer, [x for x, _ in loaded], [n for _, n in loaded])
-        return {rc: o.tile for rc, o in zip(tiles, outs, strict=True)}
+    # -- the two halves of a staining unit: load, then commit what came back --------
 
-    def run_direct(self, tiles: list[tuple[int, int]]) -> int:
-        """Stain a group of tiles and write each as its output chunk."""
-        todo = [rc for rc in tiles if not self.chunk_done(*rc)]
-        tissue = [rc for rc in todo if self.plan.has_tissue(*rc)]
-        loaded = [self.plan.load(r, c) for r, c in tissue]
-        inputs = {rc: x for rc, (x, _) in zip(tissue, loaded, strict=True)}
-        stained = self._stain(tissue, loaded)
+    def load(self, kind: str, tiles: list[tuple[int, int]]) -> Loaded:
+        if kind == "direct":
+            todo = [rc for rc in tiles if not self.chunk_done(*rc)]
+            tiles = [rc for rc in todo if self.plan.has_tissue(*rc)]
+        elif self.group_done(kind, tiles):
+            tiles = []
+        # A partly cached group is stained whole again: the model must see the
+        # same batch as an uninterrupted run would have.
+        return Loaded(tiles, [self.plan.load(r, c) for r, c in tiles])
+
+    def commit(self, kind: str, group: list[tuple[int, int]], loaded: Loaded, outputs) -> int:
+        stained = dict(zip(loaded.tiles, outputs, strict=True))
+        if kind == "stain":
+            for rc, out in stained.items():
+                if not self.cache.has(*rc):
+                    self.cache.write(*rc, out.tile, out.extras)
+            return len(group)
+        inputs = loaded.inputs()
         h, w = self.plan.shape
         t = self.plan.tile
-        for r, c in todo:
+        for r, c in group:
+            if self.chunk_done(r, c):
+                continue
             y0, x0 = r * t, c * t
             y1, x1 = min(y0 + t, h), min(x0 + t, w)
             # Keep the pixels already read: the tissue switch needs them.
             original = inputs[r, c][: y1 - y0, : x1 - x0] if (r, c) in inputs else None
-            out = self.plan.assemble(y0, y1, x0, x1, lambda rr, cc: stained[rr, cc], original)
-            self.pyramid.write_region(out, y0, x0)
-        return len(tiles)
+            image = self.plan.assemble(
+                y0, y1, x0, x1, lambda rr, cc: stained[rr, cc].tile, original
+            )
+            extras = {
+                n: self.plan.assemble_extra(
+                    y0, y1, x0, x1, lambda rr, cc, n=n: stained[rr, cc].extras[n]
+                )
+                for n in self.extras
+            }
+            self.pyramid.write_region(image, y0, x0, self._finish(extras))
+        return len(group)
 
-    def run_stain(self, tiles: list[tuple[int, int]]) -> int:
-        """Stain a group of tissue tiles as one batch into the tile cache."""
-        if all(self.cache.has(*rc) for rc in tiles):
-            return len(tiles)
-        # The whole group again, even if part of it is cached: the model must
-        # see the same batch as an uninterrupted run would have.
-        for rc, tile in self._stain(tiles).items():
-            if not self.cache.has(*rc):
-                self.cache.write(*rc, tile)
-        return len(tiles)
-
-    def run_blend(self, chunks: list[tuple[int, int]]) -> int:
+    def blend(self, chunks: list[tuple[int, int]]) -> int:
         """Assemble a group of output chunks from the tile cache and write them."""
         tile_lru: dict[tuple[int, int], np.ndarray] = {}
+        extra_lru: dict[tuple[int, int], dict] = {}
 
         def get(r, c):
             hit = tile_lru.get((r, c))
@@ -135,22 +138,45 @@ class OpenRun:
                 tile_lru[r, c] = hit
             return hit
 
+        def get_extra(name, r, c):
+            if (r, c) not in extra_lru:
+                extra_lru[r, c] = self.cache.read_extras(r, c)
+            return extra_lru[r, c][name]
+
         ct = self.pyramid.tile
         h, w = self.plan.shape
         for i, j in chunks:
             if self.chunk_done(i, j):
                 continue
             y0, x0 = i * ct, j * ct
-            out = self.plan.assemble(y0, min(y0 + ct, h), x0, min(x0 + ct, w), get)
-            self.pyramid.write_region(out, y0, x0)
+            y1, x1 = min(y0 + ct, h), min(x0 + ct, w)
+            image = self.plan.assemble(y0, y1, x0, x1, get)
+            extras = {
+                n: self.plan.assemble_extra(y0, y1, x0, x1, lambda r, c, n=n: get_extra(n, r, c))
+                for n in self.extras
+            }
+            self.pyramid.write_region(image, y0, x0, self._finish(extras))
         return len(chunks)
 
+    def _finish(self, extras: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Blended extras as written: masks thresholded at one half, maps as float32."""
+        return {
+            n: (v >= 0.5).astype(np.uint8) if self.extras[n] == "labels" else v.astype(np.float32)
+            for n, v in extras.items()
+        }
 
-UNITS = {
-    "direct": OpenRun.run_direct,
-    "stain": OpenRun.run_stain,
-    "blend": OpenRun.run_blend,
-}
+    # -- one unit start to end, in the calling thread (a dask task) -----------------
+
+    def run(self, kind: str, items: list[tuple[int, int]]) -> int:
+        if kind == "blend":
+            return self.blend(items)
+        loaded = self.load(kind, items)
+        outputs = []
+        if loaded.tiles:
+            outputs = stain_batch(
+                self.stainer, [x for x, _ in loaded.items], [n for _, n in loaded.items]
+            )
+        return self.commit(kind, items, loaded, outputs)
 
 
 def groups(items: list, size: int) -> list[list]:

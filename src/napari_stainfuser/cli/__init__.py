@@ -1,7 +1,9 @@
 """The `stainfuser` command line.
 
 Every subcommand is a thin wrapper over the library; errors the user can
-cause (StainFuserError) become one line on stderr and exit status 2.
+cause (StainFuserError) become one line on stderr and exit status 2, naming
+the command's own flags. Anything else is a bug: one line, exit status 1,
+and ``--debug`` shows the traceback.
 """
 
 import argparse
@@ -9,7 +11,7 @@ import logging
 import sys
 
 from .. import __version__
-from ..errors import StainFuserError
+from ..errors import StainFuserError, use_cli_names
 
 
 def _cmd_info(args) -> int:
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stain normalization and virtual IHC for whole-slide images.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an unexpected error"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("info", help="print a slide's format, levels, µm/px and associated images")
@@ -66,14 +71,30 @@ def main(argv: list[str] | None = None) -> int:
     # tifffile logs its own complaint about a damaged file before raising; our
     # SlideReadError already says it in one line that names the file.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    use_cli_names(True)
     try:
         return args.func(args)
     except StainFuserError as exc:
-        print(f"stainfuser {args.command}: error: {exc}", file=sys.stderr)
+        print(f"stainfuser {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"stainfuser {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last resort: a bug, not the user's mistake
+        if args.debug:
+            raise
+        print(
+            f"stainfuser {args.command}: unexpected error: {type(exc).__name__}: "
+            f"{_one_line(exc)} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        use_cli_names(False)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

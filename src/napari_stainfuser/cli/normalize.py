@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-METHODS = ("macenko", "reinhard", "vahadane", "ruifrok", "stainfuser")
+from ..methods import METHODS, SAMPLERS
 
 
 def add_parser(sub) -> None:
@@ -10,8 +10,8 @@ def add_parser(sub) -> None:
         "normalize",
         help="re-render a whole slide in a target stain (classical or StainFuser)",
         description="Stain a whole slide toward a target image, slide region or stain preset "
-        "and write a pyramidal OME-TIFF or OME-Zarr. OME-Zarr output is committed tile by "
-        "tile and can be resumed after a crash with --resume.",
+        "and write a pyramidal OME-TIFF or OME-Zarr. Every option is checked before any work "
+        "starts. Work is committed tile by tile: an interrupted run continues with --resume.",
     )
     p.add_argument("slide", help="source slide (SVS, NDPI, TIFF, OME-TIFF, OME-Zarr, PNG, JPEG)")
     p.add_argument("--target", required=True, help="target image, slide, or stain preset JSON")
@@ -20,17 +20,25 @@ def add_parser(sub) -> None:
     )
     p.add_argument("-o", "--output", required=True, help="OUT.ome.tif or OUT.ome.zarr")
     p.add_argument("--weights", help="StainFuser checkpoint (file or directory)")
-    p.add_argument("--tile", type=int, help="tile size in px (default: the method's)")
+    p.add_argument(
+        "--sampler",
+        help=f"diffusion sampler: {', '.join(SAMPLERS)} (default: pndm, as published)",
+    )
+    p.add_argument("--steps", type=int, help="diffusion sampling steps (default: 20)")
+    p.add_argument("--precision", help="StainFuser precision: fp32, fp16 (CUDA), bf16")
+    p.add_argument("--tile", type=int, help="tile size in px, 16-8192 (default: the method's)")
     p.add_argument("--overlap", type=int, help="tile overlap in px (default: the method's)")
     p.add_argument("--level", type=int, default=0, help="pyramid level to stain (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="noise / sampling seed (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     p.add_argument("--batch-size", type=int, help="tiles per device call")
-    p.add_argument("--steps", type=int, help="StainFuser sampling steps (default: 20)")
-    p.add_argument("--scheduler", help="dask scheduler: local, local:N or tcp://host:port")
+    p.add_argument(
+        "--scheduler",
+        help="dask scheduler: local, local:N or tcp://host:port (default: this process)",
+    )
     p.add_argument("--mpp", type=float, help="µm/px of level 0 when the file does not say")
-    p.add_argument("--compression", default="auto", help="jpeg, zlib, zstd, lzw or none")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default: 90)")
+    p.add_argument("--compression", default="auto", help="jpeg, zlib, zstd, lzw, gzip or none")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100 (default: 90)")
     p.add_argument("--no-tissue", action="store_true", help="stain glass too (no tissue mask)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -39,32 +47,24 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..batch import normalize_slide
+    # Describe and check everything first: the light modules only, so a
+    # mistake is reported before torch, dask or a model loads.
+    from ..batch.output import OutputSpec
+    from ..job import SlideJob
 
-    params = {}
-    if args.steps is not None:
-        params["steps"] = args.steps
-    out = normalize_slide(
-        args.slide,
-        args.output,
-        method=args.method,
-        target=args.target,
-        weights=args.weights,
-        tile=args.tile,
-        overlap=args.overlap,
-        level=args.level,
-        seed=args.seed,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        scheduler=args.scheduler,
-        device=args.device,
-        batch_size=args.batch_size,
-        tissue=not args.no_tissue,
-        compression=None if args.compression == "none" else args.compression,
-        quality=args.quality,
-        mpp=args.mpp,
+    params = {} if args.precision is None else {"precision": args.precision}
+    job = SlideJob.create(
+        args.slide, method=args.method, target=args.target, weights=args.weights,
+        sampler=args.sampler, steps=args.steps, tile=args.tile, overlap=args.overlap,
+        level=args.level, seed=args.seed, device=args.device, batch_size=args.batch_size,
+        tissue=not args.no_tissue, mpp=args.mpp, **params,
+    )  # fmt: skip
+    out = OutputSpec.create(args.output, args.compression, args.quality)
+    from ..batch.run import run_job
+
+    path = run_job(
+        job, out, resume=args.resume, overwrite=args.overwrite, scheduler=args.scheduler,
         progress=not args.no_progress,
-        **params,
-    )
-    print(f"wrote {Path(out)}")
+    )  # fmt: skip
+    print(f"wrote {Path(path)}")
     return 0

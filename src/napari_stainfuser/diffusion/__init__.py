@@ -19,9 +19,9 @@ _LAZY = {
     "to_uint8": ".model",
     "StainFuserNetworks": ".networks",
     "build_networks": ".networks",
-    "SCHEDULERS": ".sampling",
+    "SAMPLERS": ".sampling",
     "denoise": ".sampling",
-    "make_scheduler": ".sampling",
+    "make_sampler": ".sampling",
     "ModelSize": ".size",
     "model_size": ".size",
 }

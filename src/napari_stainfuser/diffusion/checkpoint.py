@@ -14,8 +14,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..atomic import replace_atomic, write_json_atomic
 from ..errors import CheckpointError
-from .atomic import replace_atomic, write_json_atomic
 from .configs import write_configs
 from .load_errors import load_error_summary
 from .networks import StainFuserNetworks

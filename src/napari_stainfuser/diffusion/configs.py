@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import write_json_atomic
 from ..errors import CheckpointError
-from .atomic import write_json_atomic
 
 PARTS = ("unet", "vae", "scheduler")
 # Our names first: a directory written by save_checkpoint uses them.

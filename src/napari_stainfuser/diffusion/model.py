@@ -11,13 +11,15 @@ import os
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import ParameterError
+from ..methods import SAMPLER_ALIASES
 from ..stainer import StainerSpec, StainResult
 from .checkpoint import load_weights
 from .configs import ModelConfigs, has_configs, load_configs
 from .lookup import find_weights
 from .networks import StainFuserNetworks, build_networks
-from .sampling import denoise, make_scheduler
+from .sampling import denoise, make_sampler
 from .size import ModelSize, model_size
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -30,30 +32,6 @@ def vae_runs_fp32(vae_config, compute_dtype: torch.dtype) -> bool:
     has float32's range and needs no upcast. Training honours the same flag.
     """
     return bool(vae_config.get("force_upcast", False)) and compute_dtype == torch.float16
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device, refusing accelerators this machine does not have."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ParameterError(f"device {device!r} is not a torch device ({exc})") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ParameterError(
-                f"device {str(device)!r} requested but CUDA is not available on this machine "
-                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ParameterError(
-                f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA "
-                "device(s) are visible"
-            )
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ParameterError(f"device {str(device)!r} requested but MPS is not available")
-    elif dev.type == "meta":
-        raise ParameterError("device 'meta' holds no weights; use StainFuser.describe() instead")
-    return dev
 
 
 def _check_images(x: torch.Tensor, name: str, multiple_of: int) -> None:
@@ -79,7 +57,7 @@ def _check_unit_range(x: torch.Tensor, name: str) -> None:
 
 def image_to_unit_tensor(image, name: str = "target") -> torch.Tensor:
     """An RGB image (H×W×3 or 3×H×W or 1×3×H×W; uint8 or float in [0, 1]) as 1×3×H×W float32."""
-    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.asarray(image))
+    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
     if x.ndim != 3 or 3 not in (x.shape[0], x.shape[-1]):
@@ -115,7 +93,7 @@ class StainFuser:
         precision: str | None = None,
         *,
         steps: int = 20,
-        scheduler: str = "pndm",
+        sampler: str = "pndm",
         seed: int = 0,
         tile_size: int | None = None,
         overlap: int = 64,
@@ -127,7 +105,7 @@ class StainFuser:
         # Every option is checked before gigabytes of weights move to the device.
         self.device = resolve_device(device)
         self.precision = self._resolve_precision(precision)
-        make_scheduler(scheduler, networks.configs.scheduler)
+        make_sampler(sampler, networks.configs.scheduler)
         self.tile_size = int(tile_size or networks.target_size)
         if self.tile_size % networks.vae_scale_factor:
             raise ParameterError(
@@ -136,13 +114,15 @@ class StainFuser:
         self.steps = int(steps)
         if self.steps < 1:
             raise ParameterError(f"steps must be at least 1, got {steps}")
-        self.scheduler = scheduler
+        self.sampler = SAMPLER_ALIASES.get(str(sampler).lower(), str(sampler).lower())
         self.seed = int(seed)
         self.overlap = int(overlap)
         self.mpp = mpp
         self.batch_size = int(batch_size or (8 if self.device.type == "cuda" else 2))
         self.reuse_across_steps = reuse_across_steps
         self._target_latents: torch.Tensor | None = None
+        self._target_image: np.ndarray | None = None
+        self.checkpoint: str | None = None  # where the weights came from (set by load)
         self.networks = networks.to(self.device).eval().requires_grad_(False)
         vae = self.networks.encoder
         if vae_runs_fp32(vae.config, vae.dtype):
@@ -169,7 +149,7 @@ class StainFuser:
         ``checkpoint=None`` looks in ``$STAINFUSER_WEIGHTS`` and the local Hugging
         Face cache (see :func:`find_weights`). ``config_dir=None`` uses the
         configs saved next to the weights, else the built-in SD2.1-base ones.
-        ``options`` go to the constructor (precision, steps, scheduler, seed,
+        ``options`` go to the constructor (precision, steps, sampler, seed,
         tile_size, overlap, mpp, batch_size, channels_last, reuse_across_steps).
         """
         resolve_device(device)  # refuse a missing GPU before reading gigabytes
@@ -181,7 +161,10 @@ class StainFuser:
         # A force_upcast VAE is read in float32 directly: no round trip through float16.
         keep = ("encoder.",) if vae_runs_fp32(configs.vae, dtype) else ()
         load_weights(networks, path, dtype=dtype, fp32_prefixes=keep)
-        return cls(networks, device=device, **options)
+        model = cls(networks, device=device, **options)
+        model.checkpoint = str(path)
+        model._load_dtype = dtype
+        return model
 
     @classmethod
     def from_configs(
@@ -390,11 +373,11 @@ class StainFuser:
         source: torch.Tensor,
         target_latents: torch.Tensor,
         steps: int = 20,
-        scheduler: str = "pndm",
+        sampler: str = "pndm",
         init_noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         callback=None,
-        **scheduler_options,
+        **sampler_options,
     ) -> torch.Tensor:
         """Stain ``source`` (B×3×H×W in [0, 1]) in the style of ``target_latents``.
 
@@ -406,7 +389,7 @@ class StainFuser:
             raise ParameterError(f"steps must be at least 1, got {steps}")
         source = self._check_source(source)
         target_latents = self._check_target_latents(target_latents, source.shape[0])
-        noise_scheduler = make_scheduler(scheduler, self.configs.scheduler, **scheduler_options)
+        steps_sampler = make_sampler(sampler, self.configs.scheduler, **sampler_options)
         noise = self._initial_noise(source, init_noise, generator)
         with self._autocast():
             context = self.networks.context(target_latents)
@@ -414,7 +397,7 @@ class StainFuser:
                 self.networks,
                 source,
                 context,
-                noise_scheduler,
+                steps_sampler,
                 int(steps),
                 noise,
                 reuse_across_steps=self.reuse_across_steps,
@@ -443,7 +426,35 @@ class StainFuser:
         top, left = (h - ch) // 2, (w - cw) // 2
         x = x[..., top : top + ch, left : left + cw]
         self._target_latents = self.encode_target(x)
+        crop = x[0].permute(1, 2, 0)
+        # Kept exactly as given (uint8 stays uint8), so a rebuilt model encodes the same latents.
+        is_u8 = getattr(target, "dtype", None) in (np.uint8, torch.uint8)
+        self._target_image = (
+            (crop * 255.0).round().to(torch.uint8).numpy() if is_u8 else crop.numpy().copy()
+        )
         return self._target_latents
+
+    def recipe(self):
+        """How to rebuild this model in another process, or None (random weights).
+
+        Its options are the effective ones, so two models that sample alike
+        have equal recipes whichever defaults they were built from.
+        """
+        if self.checkpoint is None or self._target_image is None:
+            return None
+        if getattr(self, "_load_dtype", torch.float32) != torch.float32:
+            return None
+        from ..stainers import StainerRecipe
+
+        options = {
+            "steps": self.steps, "sampler": self.sampler, "precision": self.precision,
+            "tile_size": self.tile_size, "overlap": self.overlap, "mpp": self.mpp,
+            "batch_size": self.batch_size, "reuse_across_steps": self.reuse_across_steps,
+        }  # fmt: skip
+        return StainerRecipe(
+            "stainfuser", self._target_image, self.checkpoint, str(self.device), self.seed,
+            tuple(sorted(options.items())),
+        )  # fmt: skip
 
     @property
     def target_latents(self) -> torch.Tensor | None:
@@ -476,7 +487,7 @@ class StainFuser:
                 source,
                 self._target_latents,
                 steps=self.steps,
-                scheduler=self.scheduler,
+                sampler=self.sampler,
                 init_noise=noise[chunk],
             )
             out.append(to_uint8(images).to(tiles.device))

@@ -1,4 +1,4 @@
-"""The denoising loop and the schedulers it can run with.
+"""The denoising loop and the samplers (diffusers schedulers) it can run with.
 
 The loop is the official one, readable top to bottom: scale the model input,
 run the ControlNet and then the UNet, step the scheduler. What differs is
@@ -17,39 +17,36 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ..errors import ParameterError
+from ..errors import ParameterError, opt
+from ..methods import SAMPLER_ALIASES
 from .networks import StainFuserNetworks
 
-# name -> (class, overrides on top of the model's scheduler config).
-# The model's config is PNDM's, so it lacks the keys of the other schedulers and
+# Sampler name -> (diffusers scheduler class, overrides on top of the model's
+# scheduler config). The model's config is PNDM's, so it lacks the keys of the
+# other schedulers and
 # diffusers would fill in its defaults. Some of those defaults assume pixel-space
 # diffusion: DDIM clips its x0 estimate to [-1, 1] (``clip_sample=True``), but
 # latents scaled by 0.18215 reach |x| of several tens. Every switch that bounds
 # or rescales the sample is therefore pinned off here.
 _UNBOUNDED = {"thresholding": False}
-SCHEDULERS: dict[str, tuple[type, dict]] = {
+SAMPLERS: dict[str, tuple[type, dict]] = {
     "pndm": (PNDMScheduler, {"skip_prk_steps": True}),  # PLMS: the reference sampler
     "ddim": (DDIMScheduler, {**_UNBOUNDED, "clip_sample": False}),
     "dpm++": (DPMSolverMultistepScheduler, {**_UNBOUNDED, "algorithm_type": "dpmsolver++"}),
     "euler": (EulerDiscreteScheduler, {}),
 }
-_ALIASES = {"plms": "pndm", "dpmsolver++": "dpm++", "dpm-solver++": "dpm++", "dpmpp": "dpm++"}
 
 
-def scheduler_names() -> list[str]:
-    return list(SCHEDULERS)
+def make_sampler(name: str, config: dict, **overrides) -> SchedulerMixin:
+    """A fresh sampler ``name`` (a diffusers scheduler) built from the model's scheduler config.
 
-
-def make_scheduler(name: str, config: dict, **overrides) -> SchedulerMixin:
-    """A fresh scheduler of kind ``name`` built from the model's scheduler config.
-
-    Schedulers keep per-run state (PLMS history, multistep buffers), so every
+    Samplers keep per-run state (PLMS history, multistep buffers), so every
     sampling run gets its own instance.
     """
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in SCHEDULERS:
-        raise ParameterError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    cls, defaults = SCHEDULERS[key]
+    key = SAMPLER_ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in SAMPLERS:
+        raise ParameterError(f"{opt('sampler')}: {name!r} is unknown; valid: {', '.join(SAMPLERS)}")
+    cls, defaults = SAMPLERS[key]
     return cls.from_config(config, **{**defaults, **overrides})
 
 
@@ -57,7 +54,7 @@ def denoise(
     networks: StainFuserNetworks,
     source: torch.Tensor,
     context: tuple[torch.Tensor, torch.Tensor],
-    scheduler: SchedulerMixin,
+    sampler: SchedulerMixin,
     steps: int,
     init_noise: torch.Tensor,
     reuse_across_steps: bool = True,
@@ -69,19 +66,20 @@ def denoise(
     context: each network's projected target tokens (batch B or 1).
     reuse_across_steps: embed the source and project the target's keys/values
         once, instead of at every step as the official loop does (same result).
-    callback(step, total) is called after every scheduler step.
+    sampler: a diffusers scheduler from :func:`make_sampler`.
+    callback(step, total) is called after every sampler step.
     """
-    scheduler.set_timesteps(steps, device=init_noise.device)
-    latents = init_noise * scheduler.init_noise_sigma
+    sampler.set_timesteps(steps, device=init_noise.device)
+    latents = init_noise * sampler.init_noise_sigma
     kv_cache = None
     if reuse_across_steps:
         source = networks.embed_source(source)
         kv_cache = networks.context_kv(context)
-    timesteps = scheduler.timesteps
+    timesteps = sampler.timesteps
     for i, t in enumerate(timesteps):
-        model_input = scheduler.scale_model_input(latents, t)
+        model_input = sampler.scale_model_input(latents, t)
         eps = networks.predict_noise(model_input, t, source, context, kv_cache)
-        latents = scheduler.step(eps, t, latents, return_dict=False)[0]
+        latents = sampler.step(eps, t, latents, return_dict=False)[0]
         if callback is not None:
             callback(i + 1, len(timesteps))
     return latents

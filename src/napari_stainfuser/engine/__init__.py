@@ -2,14 +2,7 @@
 by priority, in batches, with cancel, progress callbacks and clean shutdown.
 No Qt here."""
 
-from .worker import BACKGROUND, NEARBY, VISIBLE, Engine, EngineProgress, TileOutput, stain_batch
+from ..progress import Progress
+from .worker import BACKGROUND, NEARBY, VISIBLE, Engine, TileOutput, stain_batch
 
-__all__ = [
-    "BACKGROUND",
-    "NEARBY",
-    "VISIBLE",
-    "Engine",
-    "EngineProgress",
-    "TileOutput",
-    "stain_batch",
-]
+__all__ = ["BACKGROUND", "NEARBY", "VISIBLE", "Engine", "Progress", "TileOutput", "stain_batch"]

@@ -20,8 +20,6 @@ import zarr
 
 from ..errors import ParameterError
 
-TIFF_COMPRESSIONS = ("jpeg", "zlib", "zstd", "lzw", None)
-
 # Tiles read from zarr per block: enough for zarr to decode chunks
 # concurrently, small enough that memory does not depend on the slide width.
 _BLOCK_TILES = 8
@@ -47,7 +45,7 @@ def tiff_options(compression: str | None, quality: int) -> dict:
 
 
 def _blocks(shape: Sequence[int], tile: int) -> list[tuple[int, int, int, int]]:
-    _, h, w = shape
+    h, w = shape[-2:]
     step = tile * _BLOCK_TILES
     return [
         (y0, min(y0 + tile, h), x0, min(x0 + step, w))
@@ -74,6 +72,9 @@ def _tiles(level: zarr.Array, tile: int) -> Iterator[np.ndarray]:
 
     def read(b) -> list[np.ndarray]:
         y0, y1, x0, x1 = b
+        if level.ndim == 2:  # a single plane: a label image or a float map
+            plane = np.asarray(level[y0:y1, x0:x1])
+            return [np.ascontiguousarray(plane[:, x : x + tile]) for x in range(0, x1 - x0, tile)]
         planes = level[:, y0:y1, x0:x1]
         return [_interleave(planes[:, :, x : x + tile]) for x in range(0, x1 - x0, tile)]
 
@@ -98,16 +99,28 @@ def write_ome_tiff(
     quality: int = 90,
     name: str = "image",
 ) -> None:
-    """Write (3, Y, X) uint8 zarr levels as one pyramidal OME-TIFF at `path` (not atomic)."""
+    """Write (3, Y, X) uint8 zarr levels as one pyramidal OME-TIFF at `path` (not atomic).
+
+    (Y, X) levels (a label image or a float map) are written as one
+    greyscale plane of their own dtype.
+    """
+    plane = levels[0].ndim == 2
+    if plane and compression == "jpeg":
+        raise ParameterError(
+            "compression: 'jpeg' is for RGB images; label and float maps are lossless"
+        )
+    dtype = np.dtype(levels[0].dtype)
     options = tiff_options(compression, quality)
     options.update(
-        photometric="rgb",
+        photometric="minisblack" if plane else "rgb",
         tile=(tile, tile),
-        buffersize=_BUFFER_TILES * tile * tile * 3,
+        buffersize=_BUFFER_TILES * tile * tile * 3 * dtype.itemsize,
         # tifffile defaults to half the cores; encoding is the bottleneck here.
         maxworkers=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     )
-    metadata: dict = {"axes": "YXS", "Name": name, "SignificantBits": 8}
+    metadata: dict = {"axes": "YX" if plane else "YXS", "Name": name}
+    if not plane:
+        metadata["SignificantBits"] = 8
     if mpp is not None:
         metadata.update(
             PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm"
@@ -123,12 +136,12 @@ def write_ome_tiff(
     # The file is not named *.ome.tif* while being written, so say OME explicitly.
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         for k, level in enumerate(levels):
-            _, h, w = level.shape
+            h, w = level.shape[-2:]
             first = {"subifds": len(levels) - 1, "metadata": metadata} if k == 0 else {}
             tif.write(
                 _tiles(level, tile),
-                shape=(h, w, 3),
-                dtype=np.uint8,
+                shape=(h, w) if plane else (h, w, 3),
+                dtype=dtype,
                 subfiletype=0 if k == 0 else 1,
                 **first,
                 **resolution(k),

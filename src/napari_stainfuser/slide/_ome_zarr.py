@@ -33,8 +33,6 @@ from .pyramid import MIN_LEVEL_SIZE, downsample2x, level_shapes
 # not look like a complete image to any NGFF reader.
 PLAN_KEY = "napari_stainfuser"
 
-ZARR_COMPRESSIONS = ("zstd", "gzip", "zlib", None)
-
 # Every chunk is stored even when it equals the fill value, so "the chunk file
 # exists" means "this tile was written" (used by resumable writers).
 _ARRAY_CONFIG = {"write_empty_chunks": True}
@@ -86,16 +84,7 @@ def ngff_attrs(n_levels: int, mpp: float | None, name: str) -> dict:
     """The NGFF 0.5 "ome" attribute: multiscales with a µm scale per level, RGB rendering."""
     unit = {"unit": "micrometer"} if mpp is not None else {}
     # Without a physical size the scale is in level-0 pixels (and no unit).
-    base = 1.0 if mpp is None else float(mpp)
-    datasets = [
-        {
-            "path": str(k),
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, base * 2**k, base * 2**k]}
-            ],
-        }
-        for k in range(n_levels)
-    ]
+    datasets = _scale_datasets(n_levels, mpp, channel=True)
     channels = [
         {
             "label": label,
@@ -130,6 +119,55 @@ def ngff_attrs(n_levels: int, mpp: float | None, name: str) -> dict:
     }
 
 
+def _scale_datasets(n_levels: int, mpp: float | None, channel: bool) -> list[dict]:
+    base = 1.0 if mpp is None else float(mpp)
+    lead = [1.0] if channel else []
+    return [
+        {
+            "path": str(k),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [*lead, base * 2**k, base * 2**k]}
+            ],
+        }
+        for k in range(n_levels)
+    ]
+
+
+def _plane_multiscales(name: str, n_levels: int, mpp: float | None, how: str) -> list[dict]:
+    """NGFF multiscales of a single-plane (y, x) image: a label image or a float map."""
+    unit = {"unit": "micrometer"} if mpp is not None else {}
+    return [
+        {
+            "name": name,
+            "axes": [{"name": a, "type": "space", **unit} for a in ("y", "x")],
+            "datasets": _scale_datasets(n_levels, mpp, channel=False),
+            "type": how,
+        }
+    ]
+
+
+def label_attrs(name: str, n_levels: int, mpp: float | None) -> dict:
+    """NGFF 0.5 "ome" attribute of a 0/1 label image under ``labels/``."""
+    return {
+        "version": "0.5",
+        "multiscales": _plane_multiscales(name, n_levels, mpp, "max"),
+        "image-label": {
+            "version": "0.5",
+            "colors": [{"label-value": 1, "rgba": [255, 0, 255, 255]}],
+            "source": {"image": "../../"},
+        },
+    }
+
+
+def extra_image_attrs(name: str, n_levels: int, mpp: float | None) -> dict:
+    """NGFF 0.5 "ome" attribute of a float map under ``extras/``."""
+    return {"version": "0.5", "multiscales": _plane_multiscales(name, n_levels, mpp, "mean")}
+
+
+# Where each kind of extra output lives in the store, and its dtype and downsampling.
+EXTRA_LAYOUT = {"labels": ("labels", np.uint8, "max"), "image": ("extras", np.float32, "mean")}
+
+
 def _aligned_axis(chunks: tuple[int, ...], tile: int) -> tuple[int, ...] | int:
     """Keep chunking whose inner boundaries fall on tile multiples, else regular tiles.
 
@@ -143,11 +181,12 @@ def _aligned_axis(chunks: tuple[int, ...], tile: int) -> tuple[int, ...] | int:
 
 
 def as_aligned_dask(image, tile: int) -> da.Array:
-    """A Y×X×3 dask view of `image` whose chunks line up with (tile, tile) zarr chunks."""
+    """A Y×X[×3] dask view of `image` whose chunks line up with (tile, tile) zarr chunks."""
+    rest = tuple(image.shape[2:])
     if not isinstance(image, da.Array):
         # name=False: hashing a large in-memory array to name it costs seconds.
-        image = da.from_array(image, chunks=(tile, tile, 3), name=False)
-    target = (_aligned_axis(image.chunks[0], tile), _aligned_axis(image.chunks[1], tile), 3)
+        image = da.from_array(image, chunks=(tile, tile, *rest), name=False)
+    target = (_aligned_axis(image.chunks[0], tile), _aligned_axis(image.chunks[1], tile), *rest)
     if target != image.chunks:
         image = image.rechunk(target)
     return image
@@ -206,6 +245,15 @@ class ZarrPyramid:
         self.levels: list[zarr.Array] = [
             group[str(k)].with_config(_ARRAY_CONFIG) for k in range(len(self.level_shapes))
         ]
+        # Extra outputs (name -> kind) and their levels, (y, x) each.
+        self.extras: dict[str, str] = {e["name"]: e["kind"] for e in plan.get("extras", [])}
+        self.extra_levels: dict[str, list[zarr.Array]] = {
+            name: [
+                group[f"{EXTRA_LAYOUT[kind][0]}/{name}/{k}"].with_config(_ARRAY_CONFIG)
+                for k in range(len(self.level_shapes))
+            ]
+            for name, kind in self.extras.items()
+        }
 
     @classmethod
     def create(
@@ -219,8 +267,15 @@ class ZarrPyramid:
         compression_level: int | None = None,
         name: str | None = None,
         min_size: int = MIN_LEVEL_SIZE,
+        extras: Sequence = (),
     ) -> ZarrPyramid:
-        """Create an empty pyramid for a level 0 of `shape` (Y, X[, 3]) at `path` (must not exist)."""
+        """Create an empty pyramid for a level 0 of `shape` (Y, X[, 3]) at `path` (must not exist).
+
+        extras: extra outputs (objects with ``name`` and ``kind``, see
+        :class:`~napari_stainfuser.stainer.ExtraOutput`): "labels" ones get a
+        uint8 label pyramid under ``labels/<name>``, "image" ones a float32
+        pyramid under ``extras/<name>``, with the same levels and tiles.
+        """
         path = Path(path)
         check_mpp(mpp)
         check_tile(tile)
@@ -246,7 +301,22 @@ class ZarrPyramid:
                     dimension_names=("c", "y", "x"),
                     config=_ARRAY_CONFIG,
                 )
+            described = [{"name": e.name, "kind": e.kind} for e in extras]
+            for e in described:
+                where, dtype, _ = EXTRA_LAYOUT[e["kind"]]
+                for k, (h, w) in enumerate(shapes):
+                    group.create_array(
+                        f"{where}/{e['name']}/{k}",
+                        shape=(h, w),
+                        chunks=(tile, tile),
+                        dtype=dtype,
+                        fill_value=0,
+                        compressors=compressors,
+                        dimension_names=("y", "x"),
+                        config=_ARRAY_CONFIG,
+                    )
             group.attrs[PLAN_KEY] = {
+                "extras": described,
                 "shape": list(shapes[0]),
                 "level_shapes": [list(s) for s in shapes],
                 "mpp": None if mpp is None else float(mpp),
@@ -277,6 +347,10 @@ class ZarrPyramid:
         """Level `k` as a lazy Y×X×3 dask array (chunks (tile, tile, 3))."""
         return da.from_zarr(self.levels[k]).transpose(1, 2, 0)
 
+    def extra_level(self, name: str, k: int) -> da.Array:
+        """Level `k` of extra output `name` as a lazy Y×X dask array."""
+        return da.from_zarr(self.extra_levels[name][k])
+
     def written_tiles(self) -> set[tuple[int, int]]:
         """(row, column) indices of the level-0 tiles already on disk.
 
@@ -295,9 +369,11 @@ class ZarrPyramid:
                     )
         return done
 
-    def write_region(self, data, y: int, x: int) -> None:
+    def write_region(self, data, y: int, x: int, extras: dict | None = None) -> None:
         """Write a h×w×3 uint8 block into level 0 with its top-left corner at (y, x).
 
+        extras: name -> h×w block of each extra output (written first, so a
+        level-0 image chunk on disk means its extras are there too).
         Blocks aligned to the tile grid are committed chunk by chunk; an
         unaligned block rewrites the chunks it overlaps (read-modify-write),
         so concurrent writers must use disjoint, aligned blocks.
@@ -312,7 +388,14 @@ class ZarrPyramid:
             raise ParameterError(
                 f"region: block of {data.shape[:2]} at ({y}, {x}) falls outside level 0 of {(h, w)}"
             )
+        missing = set(self.extras) - set(extras or {})
+        if missing:
+            raise ParameterError(f"extras: missing {sorted(missing)} for the block at ({y}, {x})")
         with io_errors(self.path):
+            for name, plane in (extras or {}).items():
+                arr = self.extra_levels[name][0]
+                plane = np.asarray(plane, dtype=arr.dtype).reshape(data.shape[:2])
+                arr[y : y + data.shape[0], x : x + data.shape[1]] = plane
             self.levels[0][:, y : y + data.shape[0], x : x + data.shape[1]] = data.transpose(
                 2, 0, 1
             )
@@ -337,12 +420,25 @@ class ZarrPyramid:
             for k in range(1, len(self.levels)):
                 lower = downsample2x(self.level(k - 1), target_chunk=self.tile)
                 _store_yxc(as_aligned_dask(lower, self.tile), self.levels[k])
+            for name, kind in self.extras.items():
+                how = EXTRA_LAYOUT[kind][2]
+                for k in range(1, len(self.levels)):
+                    lower = downsample2x(self.extra_level(name, k - 1), self.tile, how)
+                    da.store(
+                        as_aligned_dask(lower, self.tile), self.extra_levels[name][k], lock=False
+                    )
 
     def finalize(self) -> None:
         """Build the lower levels and write the NGFF metadata that marks the image complete."""
         self.build_lower_levels()
         with io_errors(self.path):
+            n = len(self.levels)
+            labels = [name for name, kind in self.extras.items() if kind == "labels"]
+            for name, kind in self.extras.items():
+                where = EXTRA_LAYOUT[kind][0]
+                attrs = (label_attrs if kind == "labels" else extra_image_attrs)(name, n, self.mpp)
+                self.group[f"{where}/{name}"].attrs["ome"] = attrs
+            if labels:
+                self.group["labels"].attrs["ome"] = {"version": "0.5", "labels": labels}
             plan = dict(self.group.attrs[PLAN_KEY], complete=True)
-            self.group.attrs.update(
-                {"ome": ngff_attrs(len(self.levels), self.mpp, self.name), PLAN_KEY: plan}
-            )
+            self.group.attrs.update({"ome": ngff_attrs(n, self.mpp, self.name), PLAN_KEY: plan})

@@ -24,9 +24,23 @@ from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 MIN_LEVEL_SIZE = 1024
 
 
-def _halve_block(block: np.ndarray) -> np.ndarray:
-    """2×2 mean of a uint8 block, rounded half up; an odd last row/column is dropped."""
+HOW = ("mean", "max")
+
+
+def _halve_block(block: np.ndarray, how: str = "mean") -> np.ndarray:
+    """2×2 mean (or maximum) of a block; an odd last row/column is dropped.
+
+    uint8 means round half up; float means are exact; "max" keeps any
+    positive label of the four (a cell mask stays visible zoomed out).
+    """
     b = block[: block.shape[0] // 2 * 2, : block.shape[1] // 2 * 2]
+    if how == "max":
+        return np.maximum(
+            np.maximum(b[0::2, 0::2], b[0::2, 1::2]), np.maximum(b[1::2, 0::2], b[1::2, 1::2])
+        )
+    if b.dtype != np.uint8:
+        s = b[0::2] + b[1::2]
+        return ((s[:, 0::2] + s[:, 1::2]) * 0.25).astype(b.dtype)
     # Row pairs first: both reads are whole contiguous rows, so only the second add strides,
     # ~4x faster than summing four doubly strided views. A uint16 sum of four uint8 values
     # cannot overflow; +2 then >>2 is (s + 2) // 4, rounding half up.
@@ -38,14 +52,14 @@ def _halve_block(block: np.ndarray) -> np.ndarray:
     return s.astype(np.uint8)
 
 
-def _halve_parents(cols: int, y0: int, ny: int, x0: int, nx: int, *blocks: np.ndarray):
+def _halve_parents(how: str, cols: int, y0: int, ny: int, x0: int, nx: int, *blocks: np.ndarray):
     """Halve rows [y0, y0 + 2·ny) × cols [x0, x0 + 2·nx) of a row-major grid of parent blocks."""
     if len(blocks) == 1:
         grid = blocks[0]
     else:
         rows = [blocks[r : r + cols] for r in range(0, len(blocks), cols)]
         grid = np.concatenate([np.concatenate(r, axis=1) if len(r) > 1 else r[0] for r in rows])
-    return _halve_block(grid[y0 : y0 + 2 * ny, x0 : x0 + 2 * nx])
+    return _halve_block(grid[y0 : y0 + 2 * ny, x0 : x0 + 2 * nx], how)
 
 
 def _plan_axis(chunks: tuple[int, ...], target: int) -> list[tuple[int, int, int, int]]:
@@ -88,9 +102,11 @@ class _HalvingLayer(Layer):
     keys a computation asks for, and culling touches only those.
     """
 
-    def __init__(self, name: str, parent: str, plan_y: list, plan_x: list, rest: tuple[int, ...]):
+    def __init__(
+        self, name: str, parent: str, plan_y: list, plan_x: list, rest: tuple[int, ...], how: str
+    ):
         super().__init__()
-        self.name, self.parent = name, parent
+        self.name, self.parent, self.how = name, parent, how
         self.plan_y, self.plan_x, self.rest = plan_y, plan_x, rest
         self.numblocks = (len(plan_y), len(plan_x), *rest)
 
@@ -122,7 +138,7 @@ class _HalvingLayer(Layer):
         ny, ya, yb, y0 = self.plan_y[i]
         nx, xa, xb, x0 = self.plan_x[j]
         refs = [TaskRef((self.parent, p, q, *r)) for p in range(ya, yb) for q in range(xa, xb)]
-        return Task(key, _halve_parents, xb - xa, y0, ny, x0, nx, *refs)
+        return Task(key, _halve_parents, self.how, xb - xa, y0, ny, x0, nx, *refs)
 
     def __iter__(self):
         for idx in itertools.product(*(range(n) for n in self.numblocks)):
@@ -140,8 +156,10 @@ class _HalvingLayer(Layer):
         return MaterializedLayer(tasks, annotations=self.annotations), deps
 
 
-def downsample2x(level: da.Array, target_chunk: int | None = None) -> da.Array:
-    """Halve a Y×X[×C] uint8 dask array by 2×2 area averaging (odd edges trimmed).
+def downsample2x(level: da.Array, target_chunk: int | None = None, how: str = "mean") -> da.Array:
+    """Halve a Y×X[×C] dask array by 2×2 area averaging (odd edges trimmed).
+
+    how: "mean" (images; uint8 rounds half up) or "max" (label images).
 
     Output chunks are aligned with input chunks: each is the halved union of
     the fewest whole parent chunks that make it at least `target_chunk` long
@@ -156,16 +174,18 @@ def downsample2x(level: da.Array, target_chunk: int | None = None) -> da.Array:
     tx = target_chunk or level.chunks[1][0]
     plan_y = _plan_axis(level.chunks[0], ty)
     plan_x = _plan_axis(level.chunks[1], tx)
-    name = "downsample2x-" + tokenize(level.name, ty, tx)
+    if how not in HOW:
+        raise ValueError(f"downsampling {how!r} is not one of {HOW}")
+    name = "downsample2x-" + tokenize(level.name, ty, tx, how)
     rest = tuple(len(c) for c in level.chunks[2:])
-    layer = _HalvingLayer(name, level.name, plan_y, plan_x, rest)
+    layer = _HalvingLayer(name, level.name, plan_y, plan_x, rest, how)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[level])
     chunks = (
         tuple(p[0] for p in plan_y),
         tuple(p[0] for p in plan_x),
         *level.chunks[2:],
     )
-    return da.Array(graph, name, chunks, meta=np.empty((0,) * level.ndim, dtype=np.uint8))
+    return da.Array(graph, name, chunks, meta=np.empty((0,) * level.ndim, dtype=level.dtype))
 
 
 def level_shapes(shape, min_size: int = MIN_LEVEL_SIZE) -> list[tuple[int, int]]:

@@ -72,8 +72,13 @@ class Slide:
         """µm/px of ``levels[level]``, or None when the file gives no µm/px."""
         return None if self.mpp is None else self.mpp * self.downsamples[level]
 
-    def read_region(self, y: int, x: int, height: int, width: int, level: int = 0) -> np.ndarray:
-        """Pixels [y:y+height, x:x+width] of ``levels[level]`` as a numpy array.
+    def read_region(self, *, y: int, x: int, height: int, width: int, level: int = 0) -> np.ndarray:
+        """Pixels of ``levels[level]`` in rows ``[y, y + height)`` and columns
+        ``[x, x + width)``, as a numpy array of shape (height, width, 3).
+
+        Keyword-only, rows first: ``read_region(y=..., x=..., height=..., width=...)``.
+        (OpenSlide's ``read_region((x, y), level, (width, height))`` puts x
+        first; naming the arguments keeps the two from being confused.)
 
         Same pixels as ``levels[level][y:y+height, x:x+width].compute()``, but
         for levels stored as TIFF tiles it decodes the touched tiles directly

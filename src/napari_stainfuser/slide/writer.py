@@ -21,30 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ParameterError, SlideWriteError
-from ._ome_tiff import TIFF_COMPRESSIONS, write_ome_tiff
-from ._ome_zarr import ZARR_COMPRESSIONS, ZarrPyramid, check_mpp, check_tile, io_errors
+from ._ome_tiff import write_ome_tiff
+from ._ome_zarr import ZarrPyramid, check_mpp, check_tile, io_errors
+from .formats import check_compression, check_quality, output_format
 
-__all__ = ["ZarrPyramid", "move_into_place", "write_pyramid", "zarr_to_ome_tiff"]
-
-_FORMATS = {".ome.tif": "ome-tiff", ".ome.tiff": "ome-tiff", ".ome.zarr": "ome-zarr"}
-
-# Defaults: JPEG q=90 is what WSI scanners write (about 10× smaller than
-# lossless); OME-Zarr output is lossless, zstd being fast at both ends.
-DEFAULT_COMPRESSION = {"ome-tiff": "jpeg", "ome-zarr": "zstd"}
+__all__ = ["ZarrPyramid", "extra_path", "move_into_place", "write_pyramid", "zarr_to_ome_tiff"]
 
 # The zarr pyramid behind an OME-TIFF is a scratch copy: favour speed.
 _SCRATCH_ZSTD_LEVEL = 1
-
-
-def output_format(path: str | Path) -> str:
-    """'ome-tiff' or 'ome-zarr' from the file name, else ParameterError."""
-    name = Path(path).name.lower()
-    for ext, fmt in _FORMATS.items():
-        if name.endswith(ext):
-            return fmt
-    raise ParameterError(
-        f"path: {path}: unknown output format; use .ome.tif, .ome.tiff or .ome.zarr"
-    )
 
 
 def _check_image(image) -> None:
@@ -66,23 +50,8 @@ def _check_image(image) -> None:
 def _check_options(fmt: str, mpp, tile, compression, quality) -> str | None:
     check_mpp(mpp)
     check_tile(tile)
-    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
-        raise ParameterError(f"quality: expected an integer JPEG quality 1-100, got {quality!r}")
-    if not 1 <= quality <= 100:
-        raise ParameterError(f"quality: expected an integer JPEG quality 1-100, got {quality!r}")
-    if compression == "auto":
-        return DEFAULT_COMPRESSION[fmt]
-    if isinstance(compression, str):
-        compression = compression.lower()
-    if compression == "none":
-        compression = None
-    allowed = TIFF_COMPRESSIONS if fmt == "ome-tiff" else ZARR_COMPRESSIONS
-    if compression not in allowed:
-        names = ", ".join(repr(c) for c in allowed)
-        raise ParameterError(
-            f"compression: {compression!r} is not available for {fmt.upper()}; choose one of {names}"
-        )
-    return compression
+    check_quality(quality)
+    return check_compression(fmt, compression)
 
 
 def _check_target(path: str | Path, overwrite: bool) -> Path:
@@ -147,24 +116,40 @@ def move_into_place(src: str | Path, target: str | Path, *, overwrite: bool = Fa
     return target
 
 
+def extra_path(path: str | Path, name: str) -> Path:
+    """Where an OME-TIFF output's extra output ``name`` goes: OUT.ome.tif -> OUT.<name>.ome.tif."""
+    path = Path(path)
+    for ext in (".ome.tiff", ".ome.tif"):
+        if path.name.lower().endswith(ext):
+            stem = path.name[: -len(ext)]
+            return path.with_name(f"{stem}.{name}{path.name[-len(ext) :]}")
+    raise ParameterError(f"path: {path}: expected a .ome.tif or .ome.tiff file name")
+
+
 def _assemble_tiff(
     pyr: ZarrPyramid, target: Path, compression: str | None, quality: int, overwrite: bool
 ) -> Path:
-    tmp = _temp_sibling(target, "partial")
-    try:
-        with io_errors(target):
-            write_ome_tiff(
-                pyr.levels,
-                tmp,
-                mpp=pyr.mpp,
-                tile=pyr.tile,
-                compression=compression,
-                quality=quality,
-                name=target.name.split(".")[0],
-            )
-        return move_into_place(tmp, target, overwrite=overwrite)
-    finally:
-        _remove(tmp)
+    # Extra outputs first (lossless), each beside the image: the image's file
+    # appearing last means every part of the output is complete.
+    parts = [(extra_path(target, n), pyr.extra_levels[n], "zlib") for n in pyr.extras]
+    parts.append((target, pyr.levels, compression))
+    for path, levels, codec in parts:
+        tmp = _temp_sibling(path, "partial")
+        try:
+            with io_errors(path):
+                write_ome_tiff(
+                    levels,
+                    tmp,
+                    mpp=pyr.mpp,
+                    tile=pyr.tile,
+                    compression=codec,
+                    quality=quality,
+                    name=path.name.split(".")[0],
+                )
+            move_into_place(tmp, path, overwrite=overwrite)
+        finally:
+            _remove(tmp)
+    return target
 
 
 def zarr_to_ome_tiff(
@@ -213,7 +198,7 @@ def write_pyramid(
     An existing `path` is replaced only with `overwrite=True`. Returns `path`.
     """
     _check_image(image)
-    fmt = output_format(path)
+    fmt = output_format(path, "path")
     compression = _check_options(fmt, mpp, tile, compression, quality)
     target = _check_target(path, overwrite)
     # Refuse an unreplaceable target now rather than after writing the whole pyramid.

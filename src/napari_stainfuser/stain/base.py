@@ -15,9 +15,8 @@ is computed directly by the same map. Subclasses implement only
 ``_estimate`` (pixels -> statistics) and ``_map`` (pixels -> pixels).
 """
 
+import inspect
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,11 +29,10 @@ from ..stainer import StainerSpec, StainResult
 from ._threads import run_all, single_threaded
 from .density import DEFAULT_IO, check_io
 from .lut import apply_lut, apply_lut_planar, apply_lut_torch, build_lut
+from .presets import PRESET_FORMAT, PRESET_VERSION, check_state, read_preset
 from .sampling import DEFAULT_MAX_PIXELS, describe, tissue_pixels
 from .tissue import DEFAULT_MAX_SIDE
 
-PRESET_FORMAT = "napari-stainfuser stain preset"
-PRESET_VERSION = 1
 # Pixels per job of the direct computation: a few MB of float32 per plane,
 # small enough to stay in cache and to spread over the workers.
 _CHUNK = 1 << 18
@@ -412,19 +410,10 @@ class StainNormalizer:
 
     def save(self, path) -> Path:
         """Write the fitted target as a small JSON stain preset (atomically)."""
+        from ..atomic import write_bytes_atomic
+
         path = Path(path)
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        except OSError as e:
-            raise ParameterError(f"{path}: cannot write stain preset ({e.strerror})") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"))
         return path
 
     @classmethod
@@ -436,34 +425,48 @@ class StainNormalizer:
         method; on :class:`StainNormalizer` itself any method's preset loads.
         ``params`` override the preset's parameters (e.g. device, tile_size).
         Returns a new normalizer; an instance it is called on is not changed.
+        The preset is checked first (:func:`.presets.read_preset`).
         """
-        from .registry import load_normalizer  # the registry imports this module
-
-        return load_normalizer(path, method=cls.name or None, **params)
-
-    def _set_target_from_preset(self, target: dict, source: str) -> None:
-        state = {}
-        expected = self._state_keys()
-        if set(target) != set(expected):
+        preset = read_preset(path, method=cls.name or None)
+        klass = cls if cls.name else _BY_NAME[preset["method"]]
+        merged = {**preset["params"], **params}
+        unknown = sorted(set(merged) - set(klass.parameter_names()))
+        if unknown:
             raise ParameterError(
-                f"{source}: target of a {self.name} preset must have keys {sorted(expected)}, "
-                f"got {sorted(target)}"
+                f"{path}: unknown {klass.name} parameter {unknown[0]!r}; "
+                f"valid: {', '.join(klass.parameter_names())}"
             )
-        for k, shape in expected.items():
-            try:
-                v = torch.tensor(target[k], dtype=torch.float64)
-            except (TypeError, ValueError):
-                raise ParameterError(f"{source}: target {k!r} is not a list of numbers") from None
-            if (shape is not None and tuple(v.shape) != shape) or not torch.isfinite(v).all():
-                raise ParameterError(
-                    f"{source}: target {k!r} has shape {tuple(v.shape)} or non-finite values"
-                )
-            state[k] = v
-        self.target_state = state
+        try:
+            norm = klass(**merged)
+        except ParameterError as e:
+            raise ParameterError(f"{path}: {e}") from None
+        # The Ruifrok matrix shape depends on the merged parameters: check again.
+        norm.target_state = {
+            k: torch.from_numpy(v)
+            for k, v in check_state(norm.name, preset["target"], str(path), merged).items()
+        }
+        norm.target_name = preset["target_name"]
+        return norm
 
-    def _state_keys(self) -> dict[str, tuple | None]:
-        """State entries and their shapes (None: any)."""
-        raise NotImplementedError
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        """Every keyword the constructor takes (the common ones and the method's)."""
+        names = set()
+        for klass in cls.__mro__:
+            if klass is object or "__init__" not in vars(klass):
+                continue
+            sig = inspect.signature(klass.__init__)
+            names |= {p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+        return sorted(names)
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.name:
+            _BY_NAME[cls.name] = cls
+
+
+# Method name -> class, filled as the method modules define their classes.
+_BY_NAME: dict[str, type[StainNormalizer]] = {}
 
 
 def _to_uint8(v: torch.Tensor) -> torch.Tensor:

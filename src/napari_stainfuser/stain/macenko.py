@@ -32,10 +32,8 @@ import torch
 from ..errors import StainEstimationError
 from .base import StainNormalizer, State, _check_number, nearest_percentile
 from .density import od_to_rgb, rgb_to_od, split_background
+from .matrices import MIN_STAIN_ANGLE
 from .planar import mix
-
-# Smallest angle between stain vectors we still call two stains (≈ 1°).
-MIN_STAIN_ANGLE = math.radians(1.0)
 
 
 def principal_plane(od: torch.Tensor) -> torch.Tensor:
@@ -131,9 +129,6 @@ class MacenkoNormalizer(StainNormalizer):
         self.alpha = _check_number(alpha, "alpha", 0.0, 50.0, hi_open=True)
         self.beta = _check_number(beta, "beta", 0.0, 10.0)
         self.percentile = _check_number(percentile, "percentile", 0.0, 100.0, lo_open=True)
-
-    def _state_keys(self):
-        return {"stain_matrix": (2, 3), "max_concentrations": (2,)}
 
     def _estimate(self, pixels: torch.Tensor, name: str) -> State:
         od = stain_od(pixels, self.io, self.beta, self.min_tissue_pixels, name)

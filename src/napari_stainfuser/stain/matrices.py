@@ -4,7 +4,12 @@ Ruifrok & Johnston, "Quantification of histochemical staining by color
 deconvolution", Anal Quant Cytol Histol 23 (2001). Rows are unit-normalised.
 """
 
+import math
+
 import numpy as np
+
+# Two stain vectors closer than this cannot be told apart (one colour, not two stains).
+MIN_STAIN_ANGLE = math.radians(1.0)
 
 
 def _unit_rows(m):

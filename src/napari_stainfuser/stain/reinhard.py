@@ -47,9 +47,6 @@ class ReinhardNormalizer(StainNormalizer):
         super().__init__(**kw)
         self.white_knee = _check_number(white_knee, "white_knee", 0.0, 100.0)
 
-    def _state_keys(self):
-        return {"mean": (3,), "std": (3,)}
-
     def _estimate(self, pixels: torch.Tensor, name: str) -> State:
         lab = rgb_to_lab(pixels).to(torch.float64)
         std = lab.std(dim=0, correction=0)

@@ -45,9 +45,6 @@ class RuifrokNormalizer(StainNormalizer):
         self.beta = _check_number(beta, "beta", 0.0, 10.0)
         self.percentile = _check_number(percentile, "percentile", 0.0, 100.0, lo_open=True)
 
-    def _state_keys(self):
-        return {"max_concentrations": (self._matrix.shape[0],)}
-
     def _estimate(self, pixels: torch.Tensor, name: str) -> State:
         # Every pixel that absorbs in any channel: requiring all three (as
         # Macenko's vector estimate does) drops pale eosin, and how much of it

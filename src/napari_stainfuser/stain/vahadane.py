@@ -74,9 +74,6 @@ class VahadaneNormalizer(StainNormalizer):
         self.dl_pixels = int(_check_number(dl_pixels, "dl_pixels", 16, 1 << 26))
         self.max_iter = int(_check_number(max_iter, "max_iter", 1, 10000))
 
-    def _state_keys(self):
-        return {"stain_matrix": (2, 3), "max_concentrations": (2,)}
-
     def _sample(self, od: torch.Tensor, n: int) -> torch.Tensor:
         if od.shape[0] <= n:
             return od

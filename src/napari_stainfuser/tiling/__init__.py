@@ -4,37 +4,47 @@ resolution, and lazy stained pyramids backed by an LRU and an on-disk cache.
 
 Typical interactive use::
 
+    from napari_stainfuser.job import SlideJob
     from napari_stainfuser.tiling import ResultPyramid
 
-    with ResultPyramid(slide, stainer, tissue=True) as pyr:
-        levels = pyr.arrays                      # lazy dask arrays, finest first
+    job = SlideJob.create("slide.svs", method="macenko", target="target.png")
+    with ResultPyramid(job) as pyr:
+        levels = pyr.arrays                      # lazy arrays, finest first
         pyr.levels[0].request(y0, y1, x0, x1)    # visible region first (returns at once)
+
+Names load on first use, so the light parts (the grid, windows, noise) do not
+pull in the engine and torch.
 """
 
-from .grid import TileGrid, read_tile
-from .lazy import ResultPyramid, StainedLevel
-from .noise import NoiseField
-from .plan import TilePlan, resolve_tiling
-from .resample import resample_region, scale_factor
-from .store import ResultStore, TileCache
-from .tissue import TissueSwitch, detect_tissue
-from .windows import WINDOWS, blend_region, tile_window
+from importlib import import_module
 
-__all__ = [
-    "WINDOWS",
-    "NoiseField",
-    "ResultPyramid",
-    "ResultStore",
-    "StainedLevel",
-    "TileCache",
-    "TileGrid",
-    "TilePlan",
-    "TissueSwitch",
-    "blend_region",
-    "detect_tissue",
-    "read_tile",
-    "resample_region",
-    "resolve_tiling",
-    "scale_factor",
-    "tile_window",
-]
+_LAZY = {
+    "MAX_TILE": ".grid",
+    "MIN_TILE": ".grid",
+    "TileGrid": ".grid",
+    "check_tiling": ".grid",
+    "read_tile": ".grid",
+    "ResultPyramid": ".lazy",
+    "StainedLevel": ".lazy",
+    "NOISE_MODES": ".noise",
+    "NoiseField": ".noise",
+    "TilePlan": ".plan",
+    "resolve_tiling": ".plan",
+    "resample_region": ".resample",
+    "scale_factor": ".resample",
+    "ResultStore": ".store",
+    "TileCache": ".store",
+    "TissueSwitch": ".tissue",
+    "detect_tissue": ".tissue",
+    "WINDOWS": ".windows",
+    "blend_region": ".windows",
+    "tile_window": ".windows",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

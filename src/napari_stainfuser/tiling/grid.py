@@ -19,7 +19,49 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ParameterError
+from ..errors import ParameterError, opt
+
+# The tile sizes a whole-slide job accepts. Below MIN_TILE the per-tile cost
+# (reading, queueing, writing) dwarfs the staining; above MAX_TILE one batch
+# of input tiles alone is gigabytes.
+MIN_TILE = 16
+MAX_TILE = 8192
+
+
+def _whole(value, name: str):
+    if value is None:
+        return None
+    whole = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not whole and not (isinstance(value, float) and value.is_integer()):
+        raise ParameterError(f"{opt(name)}: must be an integer, got {value!r}")
+    return int(value)
+
+
+def check_tiling(
+    tile, overlap, *, min_tile: int = 1, max_tile: int | None = None
+) -> tuple[int | None, int | None]:
+    """The one check of a tile size and overlap (None: not given); returns them as ints.
+
+    tile must lie in [min_tile, max_tile], overlap in [0, tile).
+    """
+    tile, overlap = _whole(tile, "tile"), _whole(overlap, "overlap")
+    if tile is not None:
+        if tile < min_tile:
+            what = "positive" if min_tile <= 1 else f"at least {min_tile} px"
+            raise ParameterError(f"{opt('tile')}: must be {what}, got {tile}")
+        if max_tile is not None and tile > max_tile:
+            raise ParameterError(
+                f"{opt('tile')}: {tile} px is too large (at most {max_tile} px: a batch of "
+                f"{tile}² tiles would not fit in memory)"
+            )
+    if overlap is not None:
+        if overlap < 0:
+            raise ParameterError(f"{opt('overlap')}: must not be negative, got {overlap}")
+        if tile is not None and overlap >= tile:
+            raise ParameterError(
+                f"{opt('overlap')}: {overlap} must be smaller than the tile size {tile}"
+            )
+    return tile, overlap
 
 
 def _count(size: int, tile: int, step: int) -> int:
@@ -38,14 +80,7 @@ class TileGrid:
     overlap: int = 0
 
     def __post_init__(self):
-        if int(self.tile) != self.tile or self.tile < 1:
-            raise ParameterError(f"tile: must be a positive integer, got {self.tile!r}")
-        if int(self.overlap) != self.overlap or self.overlap < 0:
-            raise ParameterError(f"overlap: must be a non-negative integer, got {self.overlap!r}")
-        if self.overlap >= self.tile:
-            raise ParameterError(
-                f"overlap: {self.overlap} must be smaller than the tile size {self.tile}"
-            )
+        check_tiling(self.tile, self.overlap)
         h, w = (int(s) for s in self.shape[:2])
         if h < 1 or w < 1:
             raise ParameterError(f"cannot tile an empty image of shape {tuple(self.shape)}")

@@ -1,15 +1,24 @@
-"""Lazy results: dask arrays whose chunks are stained through the engine.
+"""Lazy results of a job: every level of a slide, stained on demand through the engine.
 
-:class:`StainedLevel` puts a :class:`~.plan.TilePlan` in front of an
-:class:`~napari_stainfuser.engine.Engine` and a :class:`~.store.ResultStore`.
-Its ``array`` is a Y×X×3 uint8 dask array; computing a chunk fetches the
-stained tiles the chunk needs from memory, else from the on-disk tile cache,
-else from the engine, and assembles them (blend, resample, tissue switch).
-A viewer first calls :meth:`StainedLevel.request` for the visible region at
-high priority, which returns at once, and refreshes when the futures land.
+:class:`ResultPyramid` opens a :class:`~napari_stainfuser.job.SlideJob` (the
+same fitting, tissue mask and plans a batch run uses) and puts one
+:class:`StainedLevel` per slide level in front of one
+:class:`~napari_stainfuser.engine.Engine` and one
+:class:`~.store.ResultStore`, so a whole pyramid is browsable before
+anything has been computed.
 
-:class:`ResultPyramid` does this for every level of a slide with one engine,
-so a whole pyramid is browsable before anything has been computed.
+A level answers in two ways:
+
+- without waiting, for a viewer: :meth:`StainedLevel.ready` gives the
+  tiles already in memory, :meth:`StainedLevel.request` queues the missing
+  ones at a priority and returns at once;
+- blocking, for scripts: :meth:`StainedLevel.region` and the dask
+  :attr:`StainedLevel.array` compute what they need.
+
+Per-pixel stainers are requested tile by tile (the engine batches them as it
+likes: their output cannot depend on it). Other stainers are requested in the
+job's fixed groups, the batches a whole-slide run stains, so what a viewer
+shows is what the batch run writes.
 """
 
 from __future__ import annotations
@@ -24,10 +33,8 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from ..engine import BACKGROUND, VISIBLE, Engine
-from .plan import TilePlan
+from ..engine import BACKGROUND, VISIBLE, Engine, TileOutput
 from .store import ResultStore, TileCache
-from .tissue import detect_tissue
 
 _ids = itertools.count()
 _DISK: ThreadPoolExecutor | None = None
@@ -61,6 +68,8 @@ class StainedLevel:
         In-memory LRU shared by all levels.
     cache:
         Optional on-disk :class:`TileCache` for this plan.
+    batch_size:
+        The job's group size (stainers that are not per-pixel).
     chunk:
         Chunk edge of :attr:`array`; default: the tile step (each chunk then
         needs at most four tiles).
@@ -70,11 +79,12 @@ class StainedLevel:
 
     def __init__(
         self,
-        plan: TilePlan,
+        plan,
         engine: Engine,
         store: ResultStore | None = None,
         *,
         cache: TileCache | None = None,
+        batch_size: int = 8,
         chunk: int | None = None,
         name: str | None = None,
     ):
@@ -85,8 +95,11 @@ class StainedLevel:
         self.name = name or f"stained-{next(_ids)}"
         step = plan.grid.step if plan.factor == 1.0 else 512
         self.chunk = int(chunk or step)
+        self.batch_size = max(1, int(batch_size))
         self._lock = threading.Lock()
         self._inflight: dict[tuple[int, int], Future] = {}
+        self._groups: dict[tuple[int, int], int] | None = None
+        self._group_tiles: list[list[tuple[int, int]]] = []
         self._array: da.Array | None = None
 
     @property
@@ -96,69 +109,145 @@ class StainedLevel:
     def _key(self, r: int, c: int):
         return (self.name, r, c)
 
-    def tile_future(self, r: int, c: int, priority: float = BACKGROUND) -> Future:
-        """A future of the stained tile (r, c) (tile × tile × 3 uint8).
+    def _group_of(self, r: int, c: int) -> int:
+        """The index of the fixed group tile (r, c) is stained in (tissue tiles, raster order)."""
+        with self._lock:
+            if self._groups is None:
+                tiles = self.plan.tissue_tiles()
+                self._group_tiles = [
+                    tiles[i : i + self.batch_size] for i in range(0, len(tiles), self.batch_size)
+                ]
+                self._groups = {rc: g for g, grp in enumerate(self._group_tiles) for rc in grp}
+            return self._groups[(r, c)]
 
-        Already computed tiles come back as completed futures; others are
-        queued on the engine at ``priority`` (or raised to it if queued).
+    # -- without waiting --------------------------------------------------------------
+
+    def ready(self, r: int, c: int) -> TileOutput | None:
+        """Tile (r, c) if it is in memory now, else None. Never waits."""
+        return self.store.get(self._key(r, c))
+
+    def request(
+        self, y0: int, y1: int, x0: int, x1: int, priority: float = VISIBLE
+    ) -> list[Future]:
+        """Queue the tiles the box [y0, y1) × [x0, x1) needs; returns their futures at once."""
+        return [self.tile_future(r, c, priority) for r, c in self.plan.tiles_for(y0, y1, x0, x1)]
+
+    def tile_future(self, r: int, c: int, priority: float = BACKGROUND) -> Future:
+        """A future of tile (r, c)'s :class:`TileOutput`.
+
+        Tiles in memory come back as completed futures; tiles in the disk
+        cache are read on a background thread; others are queued on the
+        engine at ``priority`` (or raised to it if queued).
         """
         rc = (r, c)
+        hit = self.store.get(self._key(r, c))
+        if hit is not None:
+            return _completed(hit)
         with self._lock:
-            hit = self.store.get(self._key(r, c))
-            if hit is not None:
-                return _completed(hit)
             fut = self._inflight.get(rc)
             if fut is not None and not fut.cancelled():
-                self.engine.prioritise([self._key(r, c)], priority)
+                self.engine.prioritise([self._engine_key(rc)], priority)
                 return fut
             if self.cache is not None and self.cache.has(r, c):
                 # Decoding from disk is I/O too: not on the caller's thread.
                 fut = _disk_pool().submit(self._from_disk, rc)
                 self._inflight[rc] = fut
                 return fut
-            efut = self.engine.submit(self._key(r, c), lambda: self.plan.load(r, c), priority)
-            # Unwrap TileOutput so callers get the array.
+        if self.plan.per_pixel:
+            return self._submit_tile(rc, priority)
+        return self._submit_group(rc, priority)
+
+    def _engine_key(self, rc):
+        if self.plan.per_pixel or self._groups is None:
+            return self._key(*rc)
+        return (self.name, "group", self._groups.get(rc))
+
+    def _submit_tile(self, rc, priority) -> Future:
+        r, c = rc
+        with self._lock:
+            fut = self._inflight.get(rc)
+            if fut is not None and not fut.cancelled():
+                return fut
             fut = Future()
             self._inflight[rc] = fut
+        efut = self.engine.submit(self._key(r, c), lambda: self.plan.load(r, c), priority)
+        efut.add_done_callback(lambda ef: self._landed([rc], [fut], ef, single=True))
+        return fut
 
-            def done(ef, fut=fut):
-                # Runs on the engine thread as the result is set, before the
-                # engine forgets the key: store first, then resolve, then drop
-                # the in-flight entry, so a tile is never computed twice.
-                try:
-                    if ef.cancelled():
-                        fut.cancel()
-                        fut.set_running_or_notify_cancel()
-                    elif ef.exception() is not None:
-                        fut.set_exception(ef.exception())
-                    else:
-                        tile = ef.result().tile
-                        self.store.put(self._key(*rc), tile)
-                        if self.cache is not None:
-                            self.cache.write(*rc, tile)
-                        fut.set_result(tile)
-                except Exception as exc:  # e.g. the disk cache is full
-                    if not fut.done():
-                        fut.set_exception(exc)
-                finally:
-                    with self._lock:
-                        if self._inflight.get(rc) is fut:
-                            del self._inflight[rc]
+    def _submit_group(self, rc, priority) -> Future:
+        g = self._group_of(*rc)
+        tiles = self._group_tiles[g]
+        with self._lock:
+            fut = self._inflight.get(rc)
+            if fut is not None and not fut.cancelled():
+                return fut
+            futs = {t: self._inflight.get(t) for t in tiles}
+            for t in tiles:
+                if futs[t] is None or futs[t].cancelled():
+                    futs[t] = Future()
+                    self._inflight[t] = futs[t]
+        order = [futs[t] for t in tiles]
+        efut = self.engine.submit_group(
+            (self.name, "group", g), lambda: [self.plan.load(*t) for t in tiles], len(tiles),
+            priority,
+        )  # fmt: skip
+        efut.add_done_callback(lambda ef: self._landed(tiles, order, ef, single=False))
+        return futs[rc]
 
-            efut.add_done_callback(done)
-            return fut
-
-    def _from_disk(self, rc) -> np.ndarray:
+    def _landed(self, tiles, futs, ef: Future, single: bool) -> None:
+        # Runs on the engine thread as the result is set, before the engine
+        # forgets the key: store first, then resolve, then drop the in-flight
+        # entry, so a tile is never computed twice.
         try:
-            tile = self.cache.read(*rc)
-            self.store.put(self._key(*rc), tile)
-            return tile
+            if ef.cancelled():
+                for f in futs:
+                    if f.cancel():
+                        f.set_running_or_notify_cancel()
+                return
+            if ef.exception() is not None:
+                for f in futs:
+                    if not f.done():
+                        f.set_exception(ef.exception())
+                return
+            outs = [ef.result()] if single else ef.result()
+            for rc, out, f in zip(tiles, outs, futs, strict=True):
+                self.store.put(self._key(*rc), out)
+                if self.cache is not None:
+                    self.cache.write(*rc, out.tile, out.extras)
+                if not f.done():
+                    f.set_result(out)
+        except Exception as exc:  # e.g. the disk cache is full
+            for f in futs:
+                if not f.done():
+                    f.set_exception(exc)
+        finally:
+            with self._lock:
+                for rc, f in zip(tiles, futs, strict=True):
+                    if self._inflight.get(rc) is f:
+                        del self._inflight[rc]
+
+    def _from_disk(self, rc) -> TileOutput:
+        try:
+            out = TileOutput(self.cache.read(*rc), self.cache.read_extras(*rc))
+            self.store.put(self._key(*rc), out)
+            return out
         finally:
             with self._lock:
                 self._inflight.pop(rc, None)
 
-    def get_tile(self, r: int, c: int, priority: float = BACKGROUND) -> np.ndarray:
-        """The stained tile (r, c), computing it if needed (blocks)."""
+    def cancel_pending(self, keep: tuple[int, int, int, int] | None = None) -> int:
+        """Drop queued tiles of this level, except those the box ``keep`` needs."""
+        keep_set = set() if keep is None else set(self.plan.tiles_for(*keep))
+        with self._lock:
+            keys = {self._engine_key(rc) for rc in self._inflight if rc not in keep_set}
+            if not self.plan.per_pixel and keep_set and self._groups is not None:
+                keys -= {self._engine_key(rc) for rc in keep_set}
+        return self.engine.cancel(keys)
+
+    # -- blocking ------------------------------------------------------------------------
+
+    def get(self, r: int, c: int, priority: float = BACKGROUND) -> TileOutput:
+        """Tile (r, c), computing it if needed (blocks)."""
         while True:
             fut = self.tile_future(r, c, priority)
             if not fut.cancelled():
@@ -168,30 +257,27 @@ class StainedLevel:
                     pass
             # Someone cancelled the shared request; ask again for ourselves.
 
-    def request(
-        self, y0: int, y1: int, x0: int, x1: int, priority: float = VISIBLE
-    ) -> list[Future]:
-        """Queue the tiles the box [y0, y1) × [x0, x1) needs; returns at once."""
-        return [self.tile_future(r, c, priority) for r, c in self.plan.tiles_for(y0, y1, x0, x1)]
-
-    def cancel_pending(self, keep: tuple[int, int, int, int] | None = None) -> int:
-        """Drop queued tiles of this level, except those the box ``keep`` needs."""
-        keep_set = set() if keep is None else set(self.plan.tiles_for(*keep))
-        with self._lock:
-            keys = [self._key(*rc) for rc in self._inflight if rc not in keep_set]
-        return self.engine.cancel(keys)
-
     def region(
         self, y0: int, y1: int, x0: int, x1: int, priority: float = BACKGROUND
     ) -> np.ndarray:
         """The stained box [y0, y1) × [x0, x1) (blocks until computed)."""
         for f in self.request(y0, y1, x0, x1, priority):
-            f.exception()  # wait; errors surface in get_tile below
-        return self.plan.assemble(y0, y1, x0, x1, lambda r, c: self.get_tile(r, c, priority))
+            f.exception()  # wait; errors surface in get below
+        return self.plan.assemble(y0, y1, x0, x1, lambda r, c: self.get(r, c, priority).tile)
+
+    def extra_region(
+        self, name: str, y0: int, y1: int, x0: int, x1: int, priority: float = BACKGROUND
+    ) -> np.ndarray:
+        """Extra output ``name`` over the box, blended like the image (blocks)."""
+        for f in self.request(y0, y1, x0, x1, priority):
+            f.exception()
+        return self.plan.assemble_extra(
+            y0, y1, x0, x1, lambda r, c: self.get(r, c, priority).extras[name]
+        )
 
     @property
     def array(self) -> da.Array:
-        """The whole level as a lazy dask array chunked ``chunk × chunk × 3``."""
+        """The whole level as a lazy dask array chunked ``chunk × chunk × 3`` (blocking chunks)."""
         if self._array is None:
             h, w = self.plan.shape
             chunks = (_split(h, self.chunk), _split(w, self.chunk), (3,))
@@ -213,91 +299,80 @@ def _split(size: int, step: int) -> tuple[int, ...]:
 
 
 class ResultPyramid:
-    """Lazy stained pyramid of a slide: one :class:`StainedLevel` per level.
+    """Lazy stained pyramid of a job's slide: one :class:`StainedLevel` per level.
 
     Parameters
     ----------
-    slide:
-        Anything with ``.levels`` (Y×X×3 arrays, finest first) and ``.mpp``
-        (µm/px of level 0, or None).
-    stainer:
-        The stainer; an :class:`Engine` is started for it unless ``engine`` is given.
-    tissue:
-        True to detect tissue once on the slide's overview, a
-        :class:`~.tissue.TissueSwitch` already made for it (see
-        :func:`~.tissue.detect_tissue`), or None/False to stain everything.
+    job:
+        A :class:`~napari_stainfuser.job.SlideJob` (opened here) or an
+        :class:`~napari_stainfuser.job.OpenJob` already opened.
+    engine:
+        The engine to use; one is started for the job's stainer if None (and
+        stopped by :meth:`close`).
+    store:
+        The in-memory LRU of stained tiles.
     cache_dir:
-        Directory for on-disk tile caches (one per level, named by a
-        fingerprint of the stainer, the slide and the tiling), or None.
-    stainer_id:
-        What identifies the stainer in that fingerprint (e.g. its method and
-        target); required with ``cache_dir``.
+        Directory for on-disk tile caches (one per level, named by the job's
+        fingerprint), or None.
     native_coarse:
         Levels much coarser than the stainer's working µm/px are stained at
-        their own resolution (a preview) instead of being upsampled back to
+        their own resolution (a preview) instead of being resampled up to
         full working resolution, which would cost as much as level 0.
+    on_progress:
+        Passed to the engine it starts.
     """
 
     def __init__(
         self,
-        slide,
-        stainer,
+        job,
         *,
         engine: Engine | None = None,
-        tissue=None,
-        tile: int | None = None,
-        overlap: int | None = None,
-        seed: int = 0,
-        window: str = "cosine",
         store: ResultStore | None = None,
         cache_dir: str | Path | None = None,
-        stainer_id: str | None = None,
         native_coarse: bool = True,
+        on_progress=None,
+        on_error=None,
     ):
-        self.slide = slide
-        self.engine = engine or Engine(stainer)
+        from ..job import OpenJob
+
+        self.job = job if isinstance(job, OpenJob) else job.open()
+        opened = self.job
+        self.engine = engine or Engine(
+            opened.stainer, batch_size=opened.batch_size, on_progress=on_progress,
+            on_error=on_error,
+        )  # fmt: skip
         self._own_engine = engine is None
         self.store = store or ResultStore()
-        spec = stainer.spec
-        if tissue is True:
-            tissue = detect_tissue(slide)
-        elif tissue is False:
-            tissue = None
-        if cache_dir is not None and not stainer_id:
-            from ..errors import ParameterError
-
-            raise ParameterError("stainer_id: needed to name an on-disk cache")
-        levels = list(slide.levels)
-        mpp0 = getattr(slide, "mpp", None)
+        base = opened.identity() if cache_dir is not None else None
         self.levels: list[StainedLevel] = []
-        for k, level in enumerate(levels):
-            mpp = None if not mpp0 else mpp0 * levels[0].shape[1] / level.shape[1]
-            if native_coarse and k > 0 and mpp and spec.mpp and mpp > 1.5 * spec.mpp:
-                mpp = None
-            plan = TilePlan(
-                level, spec, tile=tile, overlap=overlap, mpp=mpp, tissue=tissue,
-                seed=seed, window=window,
-            )  # fmt: skip
+        for k in range(len(opened.source.levels)):
+            plan = opened.plan_for(k, native_coarse=native_coarse)
             cache = None
             if cache_dir is not None:
-                fp = {
-                    "stainer": stainer_id,
-                    "slide": str(getattr(slide, "path", "")),
-                    "level": k,
-                    **plan.describe(),
-                }
+                fp = {**base, "level": k, "plan": plan.describe()}
                 digest = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:20]
                 cache = TileCache.open(
                     Path(cache_dir) / f"{digest}.zarr", plan.grid.n_rows, plan.grid.n_cols,
-                    plan.tile, fp,
+                    plan.tile, fp, extras=tuple(e.name for e in opened.spec.extras),
                 )  # fmt: skip
             self.levels.append(
-                StainedLevel(plan, self.engine, self.store, cache=cache, name=f"L{k}-{next(_ids)}")
+                StainedLevel(
+                    plan,
+                    self.engine,
+                    self.store,
+                    cache=cache,
+                    batch_size=opened.batch_size,
+                    name=f"L{k}-{next(_ids)}",
+                )  # fmt: skip
             )
 
     @property
+    def stainer(self):
+        return self.job.stainer
+
+    @property
     def arrays(self) -> list[da.Array]:
-        """The lazy levels, finest first (what a napari multiscale layer takes)."""
+        """The lazy levels, finest first (blocking dask arrays, for scripts)."""
         return [lv.array for lv in self.levels]
 
     def close(self) -> None:

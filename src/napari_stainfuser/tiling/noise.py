@@ -24,6 +24,10 @@ from ..errors import ParameterError
 # Bump when the generator changes so cached results keyed on it are invalidated.
 FIELD_VERSION = 1
 
+# "field": every tile cuts its noise from one field; "per_tile": fresh noise per tile
+# (the official WSI script's choice, kept to measure what the field buys).
+NOISE_MODES = ("field", "per_tile")
+
 
 def _key(*ints: int) -> list[int]:
     # SeedSequence wants non-negative entropy: fold signs in zig-zag order.

@@ -25,43 +25,33 @@ import math
 
 import numpy as np
 
-from ..errors import ParameterError
+from ..errors import ParameterError, opt
 from ..stainer import StainerSpec
-from .grid import TileGrid, pad_to, read_region, read_tile
-from .noise import FIELD_VERSION, NoiseField, per_tile_noise
+from .grid import TileGrid, check_tiling, pad_to, read_region, read_tile
+from .noise import FIELD_VERSION, NOISE_MODES, NoiseField, per_tile_noise
 from .resample import resample_region, scale_factor, scaled_shape, source_window
 from .tissue import TissueSwitch
 from .windows import WINDOWS, blend_region
 
-NOISE_MODES = ("field", "per_tile")
-
-
-def _as_int(value, name: str) -> int:
-    if isinstance(value, bool) or int(value) != value:
-        raise ParameterError(f"{name}: must be an integer, got {value!r}")
-    return int(value)
-
 
 def resolve_tiling(spec: StainerSpec, tile: int | None, overlap: int | None) -> tuple[int, int]:
     """The (tile, overlap) a run uses, checked against what the stainer can take."""
-    tile = spec.tile_size if tile is None else _as_int(tile, "tile")
-    overlap = spec.overlap if overlap is None else _as_int(overlap, "overlap")
-    if tile < 1:
-        raise ParameterError(f"tile: must be positive, got {tile}")
-    if overlap < 0:
-        raise ParameterError(f"overlap: must not be negative, got {overlap}")
-    if overlap >= tile:
-        raise ParameterError(f"overlap: {overlap} must be smaller than the tile size {tile}")
+    tile, overlap = check_tiling(
+        spec.tile_size if tile is None else tile, spec.overlap if overlap is None else overlap
+    )
     m = max(1, spec.multiple_of)
     if tile % m:
-        raise ParameterError(f"tile: {tile} is not a multiple of {m}, which this stainer needs")
+        raise ParameterError(
+            f"{opt('tile')}: {tile} is not a multiple of {m}, which this stainer needs"
+        )
     if spec.per_pixel:
         # Per-pixel output does not depend on neighbours: overlap would only cost time.
         return tile, 0
     f = spec.latent_factor or 1
     if overlap % f:
         raise ParameterError(
-            f"overlap: {overlap} is not a multiple of {f}; tiles must start on the latent grid"
+            f"{opt('overlap')}: {overlap} is not a multiple of {f}; "
+            "tiles must start on the latent grid"
         )
     return tile, overlap
 
@@ -241,19 +231,41 @@ class TilePlan:
         def get(r, c):
             return get_tile(r, c) if self.has_tissue(r, c) else self._zeros
 
-        if self.factor == 1.0:
-            out = blend_region(self.grid, y0, y1, x0, x1, get, self.window)
-        else:
-            wy0, wy1, wx0, wx1 = self._work_window(y0, y1, x0, x1)
-            work = blend_region(self.grid, wy0, wy1, wx0, wx1, get, self.window)
-            out = resample_region(
-                work, y0, y1, x0, x1, 1.0 / self.factor, self.work_shape, (wy0, wx0)
-            )
+        out = self._blend(y0, y1, x0, x1, get, 3, np.uint8)
         if mask is not None and not mask.all():
             if original is None:
                 original = read_region(self.image, y0, y1, x0, x1)
             out = np.where(mask[..., None], out, original)
         return out
+
+    def assemble_extra(self, y0: int, y1: int, x0: int, x1: int, get_plane) -> np.ndarray:
+        """An extra output (a cell-mask probability, an uncertainty) over the box, as
+        h×w float32: blended and resampled back exactly as the image is, and 0 on glass.
+
+        ``get_plane(r, c)`` returns tile (r, c)'s tile × tile float plane.
+        """
+        if self.tissue is not None and not self.tissue.any_in(self.shape, y0, y1, x0, x1):
+            return np.zeros((y1 - y0, x1 - x0), np.float32)
+        zeros = np.zeros((self.tile, self.tile, 1), np.float32)
+
+        def get(r, c):
+            if not self.has_tissue(r, c):
+                return zeros
+            return np.asarray(get_plane(r, c), np.float32).reshape(self.tile, self.tile, 1)
+
+        out = self._blend(y0, y1, x0, x1, get, 1, np.float32)[..., 0]
+        if self.tissue is not None:
+            out = np.where(self.tissue.region(self.shape, y0, y1, x0, x1), out, np.float32(0))
+        return out
+
+    def _blend(self, y0, y1, x0, x1, get, channels: int, dtype) -> np.ndarray:
+        if self.factor == 1.0:
+            return blend_region(self.grid, y0, y1, x0, x1, get, self.window, channels, dtype)
+        wy0, wy1, wx0, wx1 = self._work_window(y0, y1, x0, x1)
+        work = blend_region(self.grid, wy0, wy1, wx0, wx1, get, self.window, channels, dtype)
+        return resample_region(
+            work, y0, y1, x0, x1, 1.0 / self.factor, self.work_shape, (wy0, wx0), dtype
+        )
 
 
 def _mask_digest(mask: np.ndarray) -> str:

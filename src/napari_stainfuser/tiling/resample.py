@@ -61,8 +61,10 @@ def resample_region(
     factor: float,
     src_shape: tuple[int, int] | None = None,
     origin: tuple[int, int] = (0, 0),
+    dtype=np.uint8,
 ) -> np.ndarray:
-    """Rows [y0, y1) × columns [x0, x1) of the image resampled by ``factor``, as uint8.
+    """Rows [y0, y1) × columns [x0, x1) of the image resampled by ``factor``, as ``dtype``
+    (uint8 rounds to the nearest grey level; float keeps the filtered values).
 
     ``source`` (Y×X×C uint8, numpy or dask) is the whole image, or, with
     ``origin`` and ``src_shape``, a window of an image of ``src_shape`` whose
@@ -81,6 +83,8 @@ def resample_region(
         raise ValueError(f"resample: source window misses rows {ay}:{by} or columns {ax}:{bx}")
     out = np.einsum("oy,yxc->oxc", wy, src)
     out = np.einsum("px,oxc->opc", wx, out)
+    if np.dtype(dtype) != np.uint8:
+        return out.astype(dtype)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

@@ -51,17 +51,19 @@ class ResultStore:
             self.hits += 1
             return arr
 
-    def put(self, key: Hashable, arr: np.ndarray) -> None:
-        arr.setflags(write=False)  # shared between readers
+    def put(self, key: Hashable, arr) -> None:
+        """Keep ``arr`` (an array, or anything with arrays in ``.tile`` and ``.extras``)."""
+        for a in _arrays(arr):
+            a.setflags(write=False)  # shared between readers
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
-                self._bytes -= old.nbytes
+                self._bytes -= _nbytes(old)
             self._items[key] = arr
-            self._bytes += arr.nbytes
+            self._bytes += _nbytes(arr)
             while self._bytes > self.max_bytes and len(self._items) > 1:
                 _, dropped = self._items.popitem(last=False)
-                self._bytes -= dropped.nbytes
+                self._bytes -= _nbytes(dropped)
 
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
@@ -82,13 +84,26 @@ class ResultStore:
             self._bytes = 0
 
 
+def _arrays(value) -> list[np.ndarray]:
+    if isinstance(value, np.ndarray):
+        return [value]
+    return [value.tile, *value.extras.values()]
+
+
+def _nbytes(value) -> int:
+    return sum(a.nbytes for a in _arrays(value))
+
+
 class TileCache:
     """Stained tiles of one plan in a zarr v3 store at ``path`` (see module doc)."""
 
-    def __init__(self, path: str | Path, array: zarr.Array, fingerprint: dict):
+    def __init__(
+        self, path: str | Path, array: zarr.Array, fingerprint: dict, extras: dict | None = None
+    ):
         self.path = Path(path)
         self.array = array
         self.fingerprint = fingerprint
+        self.extras: dict[str, zarr.Array] = extras or {}
         self.n_rows, self.n_cols, self.tile = (int(s) for s in array.shape[:3])
 
     @classmethod
@@ -101,9 +116,12 @@ class TileCache:
         fingerprint: dict,
         *,
         compression_level: int = 1,
+        extras: tuple[str, ...] = (),
     ) -> TileCache:
         """Open the cache at ``path``, creating it if absent.
 
+        extras: names of a stainer's extra outputs, kept per tile beside it
+        (float32 planes, before blending).
         An existing cache whose fingerprint differs raises ParameterError
         naming the first differing entries.
         """
@@ -118,6 +136,7 @@ class TileCache:
                         f"{path}: tile cache belongs to another run ({_diff(stored, fingerprint)})"
                     )
                 arr = group["tiles"]
+                extra = {n: group[f"extras/{n}"] for n in extras}
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 group = zarr.open_group(zarr.storage.LocalStore(path), mode="w-", zarr_format=3)
@@ -130,13 +149,28 @@ class TileCache:
                     compressors=[ZstdCodec(level=compression_level)],
                     config={"write_empty_chunks": True},
                 )
+                extra = {
+                    n: group.create_array(
+                        f"extras/{n}",
+                        shape=(n_rows, n_cols, tile, tile),
+                        chunks=(1, 1, tile, tile),
+                        dtype=np.float32,
+                        fill_value=0,
+                        compressors=[ZstdCodec(level=compression_level)],
+                        config={"write_empty_chunks": True},
+                    )
+                    for n in extras
+                }
                 group.attrs[FINGERPRINT_KEY] = fingerprint
+        except KeyError as e:
+            raise ParameterError(f"{path}: tile cache lacks {e}; it belongs to another run") from e
         except OSError as e:
             raise SlideWriteError(f"{path}: cannot use tile cache: {e.strerror or e}") from e
         arr = arr.with_config({"write_empty_chunks": True})
         if tuple(arr.shape) != (n_rows, n_cols, tile, tile, 3):
             raise ParameterError(f"{path}: tile cache has shape {arr.shape}, expected another grid")
-        return cls(path, arr, fingerprint)
+        extra = {n: a.with_config({"write_empty_chunks": True}) for n, a in extra.items()}
+        return cls(path, arr, fingerprint, extra)
 
     def _chunk_file(self, r: int, c: int) -> Path:
         key = self.array.metadata.encode_chunk_key((r, c, 0, 0, 0))
@@ -151,8 +185,15 @@ class TileCache:
             return None
         return np.asarray(self.array[r, c])
 
-    def write(self, r: int, c: int, tile: np.ndarray) -> None:
+    def read_extras(self, r: int, c: int) -> dict[str, np.ndarray]:
+        """The stored extra outputs of tile (r, c): name -> tile × tile float32."""
+        return {n: np.asarray(a[r, c]) for n, a in self.extras.items()}
+
+    def write(self, r: int, c: int, tile: np.ndarray, extras: dict | None = None) -> None:
+        """Store tile (r, c) and its extras; the tile goes last, as the mark of completion."""
         try:
+            for n, a in self.extras.items():
+                a[r, c] = np.asarray(extras[n], dtype=np.float32).reshape(a.shape[2:])
             self.array[r, c] = tile
         except OSError as e:
             raise SlideWriteError(

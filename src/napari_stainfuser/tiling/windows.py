@@ -97,16 +97,18 @@ def blend_region(
     get_tile,
     kind: str = "cosine",
     channels: int = 3,
+    dtype=np.uint8,
 ) -> np.ndarray:
-    """Blend the tiles that meet ``[y0, y1) × [x0, x1)`` into one uint8 region.
+    """Blend the tiles that meet ``[y0, y1) × [x0, x1)`` into one region of ``dtype``.
 
-    ``get_tile(r, c)`` returns the stained tile (tile × tile × C uint8). With
-    no overlap this is a plain copy, so per-pixel stainers are never touched
-    by floating-point weights.
+    ``get_tile(r, c)`` returns the stained tile (tile × tile × C, uint8, or
+    float for extra outputs). With no overlap this is a plain copy, so
+    per-pixel stainers are never touched by floating-point weights. uint8
+    results are rounded to the nearest grey level; float ones are not rounded.
     """
     out_shape = (y1 - y0, x1 - x0, channels)
     if grid.overlap == 0:
-        out = np.empty(out_shape, dtype=np.uint8)
+        out = np.empty(out_shape, dtype=dtype)
     else:
         acc = np.zeros(out_shape, dtype=np.float64)
     for r, c in grid.tiles_in(y0, y1, x0, x1):
@@ -123,4 +125,6 @@ def blend_region(
             acc[dst] += w[..., None] * part
     if grid.overlap == 0:
         return out
+    if np.dtype(dtype) != np.uint8:
+        return acc.astype(dtype)
     return np.clip(np.rint(acc), 0, 255).astype(np.uint8)

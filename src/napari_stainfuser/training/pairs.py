@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..diffusion.atomic import write_json_atomic
+from ..atomic import write_json_atomic
 from ..errors import ParameterError
 from .nst import NSTConfig
 from .restain import PHYSICS_METHODS, NSTRestainer, PhysicsRestainer

@@ -83,7 +83,7 @@ class NSTRestainer:
     def __init__(
         self, vgg_weights=None, config: NSTConfig | None = None, device="cpu", pool: str = "max"
     ):
-        from ..diffusion.model import resolve_device  # refuses CUDA on a machine without it
+        from ..devices import resolve_device  # refuses CUDA on a machine without it
 
         self.config = config or NSTConfig()
         self.config.validate()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..diffusion.atomic import write_bytes_atomic
+from ..atomic import write_bytes_atomic
 from ..errors import ParameterError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

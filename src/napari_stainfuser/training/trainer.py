@@ -38,8 +38,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..diffusion.atomic import write_json_atomic
-from ..diffusion.model import PRECISIONS, resolve_device
+from ..atomic import write_json_atomic
+from ..devices import resolve_device
+from ..diffusion.model import PRECISIONS
 from ..errors import ParameterError
 from .recipe import set_trainable, training_loss, training_scheduler
 from .triplets import StepBatchSampler, TripletDataset, mix_seed

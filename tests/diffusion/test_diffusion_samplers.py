@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_stainfuser.diffusion import load_configs, make_scheduler
+from napari_stainfuser.diffusion import load_configs, make_sampler
 
 CONFIG = load_configs().scheduler  # the published model's (the fixture's is identical)
 
@@ -30,7 +30,7 @@ def ddim_step(x_t, eps, a_t, a_prev):
 @pytest.mark.parametrize("index", [0, 9])  # the first step, and the last (to t = 0)
 def test_ddim_step_matches_the_closed_form_on_large_latents(index):
     steps = 10
-    scheduler = make_scheduler("ddim", CONFIG)
+    scheduler = make_sampler("ddim", CONFIG)
     scheduler.set_timesteps(steps)
     # "leading" spacing with steps_offset 1, as PNDM (the reference) uses.
     expected_t = [901 - 100 * i for i in range(steps)]
@@ -58,7 +58,7 @@ def test_scheduler_runs_are_linear_in_their_inputs(name):
     eps_seq = [torch.randn((1, 4, 8, 8), generator=gen) for _ in range(12)]
 
     def run(c: float) -> torch.Tensor:
-        scheduler = make_scheduler(name, CONFIG)
+        scheduler = make_sampler(name, CONFIG)
         scheduler.set_timesteps(5)
         latents = c * x * scheduler.init_noise_sigma
         for i, t in enumerate(scheduler.timesteps):
@@ -73,8 +73,17 @@ def test_scheduler_runs_are_linear_in_their_inputs(name):
 
 def test_sampling_schedulers_inherit_the_model_schedule():
     for name in ("pndm", "ddim", "dpm++", "euler"):
-        cfg = make_scheduler(name, CONFIG).config
+        cfg = make_sampler(name, CONFIG).config
         for key in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps"):
             assert cfg[key] == CONFIG[key], (name, key)
         assert cfg["timestep_spacing"] == "leading" and cfg["steps_offset"] == 1, name
-    assert make_scheduler("dpm++", CONFIG).config["algorithm_type"] == "dpmsolver++"
+    assert make_sampler("dpm++", CONFIG).config["algorithm_type"] == "dpmsolver++"
+
+
+def test_the_one_list_of_sampler_names_is_the_samplers_the_model_has():
+    from napari_stainfuser.diffusion.sampling import SAMPLERS
+    from napari_stainfuser.methods import SAMPLER_ALIASES
+    from napari_stainfuser.methods import SAMPLERS as NAMES
+
+    assert tuple(SAMPLERS) == NAMES
+    assert set(SAMPLER_ALIASES.values()) <= set(NAMES)

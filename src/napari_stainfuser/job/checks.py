@@ -1,0 +1,137 @@
+"""The checks a whole-slide job runs when it is described, before any work.
+
+Everything here is cheap (no torch, no model, no pixel read beyond file
+headers), so a mistake is one line naming the option within a fraction of a
+second, and no runner ever starts on a job it would refuse later.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ParameterError, SlideReadError, opt
+from ..methods import CLASSICAL, DIFFUSION, METHODS, SAMPLER_ALIASES, SAMPLERS
+
+MAX_STEPS = 1000
+MAX_BATCH = 256
+_DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu)(:\d+)?)$")
+
+
+def check_int(value, name: str, lo: int, hi: int | None = None) -> int:
+    """A whole number in [lo, hi]; 1.7, "3" and True are refused, not converted."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok and isinstance(value, float) and value.is_integer():
+        value, ok = int(value), True
+    if not ok:
+        raise ParameterError(f"{opt(name)}: must be an integer, got {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        bound = f"at least {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ParameterError(f"{opt(name)}: must be {bound}, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices, aliases: dict | None = None) -> str:
+    key = str(value).strip().lower()
+    key = (aliases or {}).get(key, key)
+    if key not in choices:
+        raise ParameterError(f"{opt(name)}: {value!r} is unknown; valid: {', '.join(choices)}")
+    return key
+
+
+def check_mpp(value, name: str = "mpp") -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+        ok = not isinstance(value, bool) and math.isfinite(v) and v > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ParameterError(
+            f"{opt(name)}: expected a positive number of µm per pixel, got {value!r}"
+        )
+    return v
+
+
+def check_device(device) -> str:
+    """The device's name if it is one torch knows the form of (availability is
+    checked when the job opens, where torch is loaded anyway)."""
+    d = str(device).strip().lower()
+    if not _DEVICE.match(d):
+        raise ParameterError(
+            f"{opt('device')}: {device!r} is not a device; use cpu, cuda, cuda:N or mps"
+        )
+    return d
+
+
+def check_method(method) -> str:
+    return check_choice(method, "method", METHODS)
+
+
+def check_slide(slide):
+    """What a job keeps of its input: an absolute path string, or the object."""
+    if isinstance(slide, (str, Path)):
+        path = Path(slide).expanduser().absolute()
+        if not path.exists():
+            raise SlideReadError(f"{path}: no such file or directory")
+        return str(path)
+    if hasattr(slide, "levels"):
+        path = getattr(slide, "path", None)
+        # A slide opened from a file travels as its path (workers reopen it).
+        if path and Path(path).exists() and type(slide).__name__ == "Slide":
+            return str(Path(path).absolute())
+        return slide
+    shape, dtype = getattr(slide, "shape", None), getattr(slide, "dtype", None)
+    if shape is None or len(shape) != 3 or shape[2] != 3:
+        raise ParameterError(
+            f"{opt('slide')}: expected a path, a Slide or a Y×X×3 uint8 array, "
+            f"got {type(slide).__name__} {tuple(shape) if shape is not None else ''}".rstrip()
+        )
+    if np.dtype(dtype) != np.uint8:
+        raise ParameterError(f"{opt('slide')}: expected uint8 RGB, got dtype {dtype}")
+    return slide
+
+
+def stainer_options(method: str, params: dict) -> dict:
+    """A method's options with the diffusion ones checked; None means "default"."""
+    params = {k: v for k, v in params.items() if v is not None}
+    if method in CLASSICAL:
+        for name in ("sampler", "steps"):
+            if name in params:
+                raise ParameterError(
+                    f"{opt(name)}: applies to diffusion methods ({', '.join(DIFFUSION)}), "
+                    f"not to {method}, which has no sampling steps"
+                )
+        return params
+    if "sampler" in params:
+        params["sampler"] = check_choice(params["sampler"], "sampler", SAMPLERS, SAMPLER_ALIASES)
+    if "steps" in params:
+        params["steps"] = check_int(params["steps"], "steps", 1, MAX_STEPS)
+    if "batch_size" in params:
+        params["batch_size"] = check_int(params["batch_size"], "batch_size", 1, MAX_BATCH)
+    return params
+
+
+def stainer_recipe(method, target, weights, device, seed, params):
+    """A checked :class:`~napari_stainfuser.stainers.StainerRecipe`."""
+    from ..stainers import StainerRecipe
+    from ..targets import check_target
+
+    key = check_method(method)
+    classical = key in CLASSICAL
+    options = stainer_options(key, dict(params))
+    target = check_target(key, target, classical)
+    device = check_device(device)
+    seed = check_int(seed, "seed", 0, (1 << 63) - 1)
+    if classical:
+        resolved = None
+    else:
+        from ..diffusion.lookup import find_weights
+
+        resolved = str(find_weights(weights))
+    return StainerRecipe(key, target, resolved, device, seed, tuple(sorted(options.items())))

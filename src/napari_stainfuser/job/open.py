@@ -1,0 +1,135 @@
+"""``OpenJob``: a job with its slide opened, its stainer fitted and its tiles planned.
+
+This is the only place that fits slide statistics, detects tissue and builds
+tile plans. Every process that works on a job opens it the same way, from
+the same description, so each one holds the same stainer, mask and plan: a
+dask worker opens the job it was sent and checks that its fingerprint
+(:meth:`OpenJob.identity`) equals the one the client computed.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from ..errors import StainEstimationError
+from ..progress import step
+from ..stainers import portable, stainer_identity, warm_up
+from .source import SlideSource, open_source
+
+# Bump when anything changes the pixels a job produces for the same identity.
+FORMAT_VERSION = 2
+
+
+class OpenJob:
+    """A :class:`~.spec.SlideJob` ready to run.
+
+    source: the slide's levels, µm/px and reader.
+    level: the level the job stains.
+    stainer: the stainer, fitted to the target and (classical methods) to
+        this slide's tissue.
+    tissue: the slide's :class:`~napari_stainfuser.tiling.TissueSwitch`, or None.
+    plan: the :class:`~napari_stainfuser.tiling.TilePlan` of ``level``.
+    batch_size: tiles per stainer call.
+    """
+
+    def __init__(self, job, progress=None):
+        from ..devices import resolve_device
+        from ..tiling.tissue import detect_tissue
+
+        self.job = job
+        step(progress, "open")
+        device = getattr(job.stainer, "device", None)
+        if device is not None:
+            resolve_device(device)  # refuse a missing GPU before anything is read
+        self.source = open_source(job.slide, job.mpp)
+        self.level = self.source.check_level(job.level)
+        overview = _with_overview(self.source)
+        self.tissue = detect_tissue(overview) if job.tissue else None
+        step(progress, "fit")
+        stainer = job.stainer.build() if hasattr(job.stainer, "build") else job.stainer
+        self.stainer = _with_slide_statistics(stainer, overview)
+        warm_up(self.stainer)
+        self.batch_size = int(job.batch_size or self.stainer.spec.batch_size)
+        self.plan = self.plan_for(self.level)
+
+    @property
+    def spec(self):
+        return self.stainer.spec
+
+    def plan_for(self, level: int, native_coarse: bool = False):
+        """The tile plan of ``level``.
+
+        native_coarse: a level much coarser than the stainer's working µm/px
+        is stained at its own resolution (a preview) instead of being
+        resampled up to the working resolution, which would cost as much as
+        level 0.
+        """
+        from ..tiling.plan import TilePlan
+
+        job, spec = self.job, self.stainer.spec
+        mpp = self.source.level_mpp(level)
+        if native_coarse and level > 0 and mpp and spec.mpp and mpp > 1.5 * spec.mpp:
+            mpp = None
+        return TilePlan(
+            self.source.reader(level), spec, tile=job.tile, overlap=job.overlap, mpp=mpp,
+            tissue=self.tissue, seed=job.seed, noise=job.noise, window=job.window,
+        )  # fmt: skip
+
+    def identity(self) -> dict:
+        """Everything that decides the output pixels, as plain JSON values.
+
+        Two processes that opened the same job have equal identities; a
+        resumed run must have the identity of the run it continues.
+        """
+        import json
+
+        spec = self.stainer.spec
+        ident = {
+            "format": FORMAT_VERSION,
+            "input": self.source.identity(),
+            "level": self.level,
+            "stainer": stainer_identity(self.stainer),
+            "plan": self.plan.describe(),
+            # Batches change a model's arithmetic; per-pixel output cannot depend on them.
+            "batch_size": None if spec.per_pixel else self.batch_size,
+            "extras": [e.describe() for e in spec.extras],
+        }
+        return json.loads(json.dumps(ident))
+
+    def portable(self):
+        """The stainer as it travels (its recipe, else the object)."""
+        return portable(self.stainer)
+
+
+def _with_overview(src: SlideSource) -> SlideSource:
+    """``src`` with its low-resolution overview read into memory once.
+
+    Slide statistics and the tissue mask are both computed on the same
+    overview (:func:`~napari_stainfuser.stain.tissue.slide_overview`); reading
+    it once instead of twice saves a pass over a level of up to 2048² px.
+    """
+    from ..stain.tissue import DEFAULT_MAX_SIDE, slide_overview
+
+    image, idx, _ = slide_overview(src, DEFAULT_MAX_SIDE)
+    levels = [*src.levels[:idx], image, *src.levels[idx + 1 :]]
+    return SlideSource(levels, src.mpp, src.path)
+
+
+def _with_slide_statistics(stainer, src: SlideSource):
+    """A classical normalizer without slide statistics would estimate them per
+    tile, so its output would depend on the tiling: fit a copy on this slide."""
+    from ..stain.base import StainNormalizer
+
+    if not isinstance(stainer, StainNormalizer) or stainer.source_state is not None:
+        return stainer
+    fitted = portable(stainer)()  # a copy: the caller's object stays as it was
+    name = src.path or "slide"
+    try:
+        fitted.fit_source(src, name=name)
+    except StainEstimationError as e:
+        # Glass only (or nearly): nothing to re-stain. As for a blank tile,
+        # treat it as already in the target's stain, so it passes through.
+        warnings.warn(f"{e}; treating it as already in the target stain", stacklevel=4)
+        fitted.source_state = fitted.target_state
+        fitted.source_name = f"{name} (no tissue)"
+    return fitted
