@@ -92,3 +92,17 @@ def test_sample_data_is_lazy_multiscale_synthetic_slide(make_napari_viewer):
     assert hasattr(layer.data[0], "dask")
     small = np.asarray(layer.data[-1])
     assert small.std() > 5  # tissue, not a blank canvas
+
+
+def test_writer_saves_the_real_multiscale_slide_opened_by_the_reader(make_napari_viewer, tmp_path):
+    # napari hands a multiscale layer's data to writers as its MultiScaleData.
+    from napari_stainfuser.slide import open_slide
+
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(CMU), plugin="napari-stainfuser")
+    assert layer.multiscale and type(layer.data).__name__ == "MultiScaleData"
+    out = tmp_path / "cmu-copy.ome.zarr"
+    viewer.layers.save(str(out), selected=False, plugin="napari-stainfuser")
+    copy = open_slide(out)
+    np.testing.assert_array_equal(copy.levels[0].compute(), open_slide(CMU).levels[0].compute())
+    assert copy.mpp == pytest.approx(0.499)

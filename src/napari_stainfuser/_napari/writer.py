@@ -1,5 +1,7 @@
 """npe2 writer: an image layer saved as a pyramidal OME-TIFF or OME-Zarr."""
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ..errors import ParameterError
@@ -7,8 +9,13 @@ from ..slide import write_pyramid
 
 
 def write_image(path: str, data, meta: dict) -> list[str]:
-    """Write level 0 of an RGB image layer; lower levels are rebuilt by `write_pyramid`."""
-    level0 = data[0] if isinstance(data, list | tuple) else data
+    """Write level 0 of an RGB image layer; lower levels are rebuilt by `write_pyramid`.
+
+    A multiscale layer's data is a sequence of levels (napari passes its own
+    ``MultiScaleData``, not a list); level 0 is written and the rest rebuilt.
+    """
+    multiscale = meta.get("multiscale", isinstance(data, Sequence) and not hasattr(data, "shape"))
+    level0 = data[0] if multiscale else data
     if not meta.get("rgb", level0.ndim == 3 and level0.shape[-1] in (3, 4)):
         raise ParameterError(f"{path}: only RGB image layers can be saved as slides")
     if level0.shape[-1] == 4:

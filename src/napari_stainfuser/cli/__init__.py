@@ -22,12 +22,12 @@ def _cmd_info(args) -> int:
     print(f"format:        {slide.format}")
     print(f"mpp:           {_fmt(slide.mpp, '{:.4g} µm/px')}")
     print(f"magnification: {_fmt(slide.magnification, '{:g}×')}")
-    print("levels:")
+    print("levels (width × height, as every size below):")
     for k, level in enumerate(slide.levels):
         h, w = level.shape[:2]
-        chunk = f"{level.chunks[0][0]}×{level.chunks[1][0]}"
+        chunk = f"{level.chunks[1][0]} × {level.chunks[0][0]}"
         down = slide.levels[0].shape[1] / w
-        print(f"  {k}: {w} × {h} px  (downsample {down:.4g}, chunks {chunk})")
+        print(f"  {k}: {w} × {h} px  (downsample {down:.4g}, chunks {chunk} px)")
     if slide.associated:
         print("associated images:")
         for name, img in slide.associated.items():

@@ -97,7 +97,7 @@ class StainFuser:
         seed: int = 0,
         tile_size: int | None = None,
         overlap: int = 64,
-        mpp: float = 0.5,
+        work_mpp: float | None = 0.5,
         batch_size: int | None = None,
         channels_last: bool | None = None,
         reuse_across_steps: bool = True,
@@ -117,7 +117,7 @@ class StainFuser:
         self.sampler = SAMPLER_ALIASES.get(str(sampler).lower(), str(sampler).lower())
         self.seed = int(seed)
         self.overlap = int(overlap)
-        self.mpp = mpp
+        self.work_mpp = work_mpp
         self.batch_size = int(batch_size or (8 if self.device.type == "cuda" else 2))
         self.reuse_across_steps = reuse_across_steps
         self._target_latents: torch.Tensor | None = None
@@ -150,7 +150,7 @@ class StainFuser:
         Face cache (see :func:`find_weights`). ``config_dir=None`` uses the
         configs saved next to the weights, else the built-in SD2.1-base ones.
         ``options`` go to the constructor (precision, steps, sampler, seed,
-        tile_size, overlap, mpp, batch_size, channels_last, reuse_across_steps).
+        tile_size, overlap, work_mpp, batch_size, channels_last, reuse_across_steps).
         """
         resolve_device(device)  # refuse a missing GPU before reading gigabytes
         path = find_weights(checkpoint)
@@ -215,7 +215,7 @@ class StainFuser:
         return StainerSpec(
             tile_size=self.tile_size,
             overlap=self.overlap,
-            mpp=self.mpp,
+            mpp=self.work_mpp,
             per_pixel=False,
             deterministic=True,
             device=str(self.device),
@@ -448,7 +448,7 @@ class StainFuser:
 
         options = {
             "steps": self.steps, "sampler": self.sampler, "precision": self.precision,
-            "tile_size": self.tile_size, "overlap": self.overlap, "mpp": self.mpp,
+            "tile_size": self.tile_size, "overlap": self.overlap, "work_mpp": self.work_mpp,
             "batch_size": self.batch_size, "reuse_across_steps": self.reuse_across_steps,
         }  # fmt: skip
         return StainerRecipe(

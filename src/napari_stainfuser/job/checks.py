@@ -97,9 +97,14 @@ def check_slide(slide):
     return slide
 
 
+# Options whose None means "not given" (the command line passes None for a flag
+# left out); any other option keeps its None (StainFuser's ``mpp=None``: any µm/px).
+_UNSET_IF_NONE = ("sampler", "steps", "precision", "batch_size")
+
+
 def stainer_options(method: str, params: dict) -> dict:
-    """A method's options with the diffusion ones checked; None means "default"."""
-    params = {k: v for k, v in params.items() if v is not None}
+    """A method's options with the diffusion ones checked."""
+    params = {k: v for k, v in params.items() if not (v is None and k in _UNSET_IF_NONE)}
     if method in CLASSICAL:
         for name in ("sampler", "steps"):
             if name in params:
