@@ -6,10 +6,13 @@ uncertainty). It holds its fitted target or conditioning itself, so the
 tiler, engine, CLI and widgets never need to know which method they run.
 """
 
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from __future__ import annotations
 
-import torch
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # torch loads with the stainers themselves, not with their description
+    import torch
 
 EXTRA_KINDS = ("labels", "image")
 

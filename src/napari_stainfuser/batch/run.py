@@ -26,7 +26,7 @@ from ..slide.writer import ZarrPyramid, move_into_place, zarr_to_ome_tiff
 from ..stainer import ExtraOutput
 from ..tiling.store import TileCache
 from .output import OutputSpec, claim
-from .schedulers import InProcess, WorkerRun, connect, parse_scheduler, torch_threads
+from .schedulers import InProcess, connect, parse_scheduler, torch_threads
 from .units import Units, blend_groups, groups, is_direct, output_chunks, output_tile
 
 FINGERPRINT_KEY = "napari_stainfuser_run"
@@ -163,6 +163,8 @@ def _run(job, output: OutputSpec, cluster, report, resume: bool, overwrite: bool
     if cluster is None:
         executor = InProcess(units, opened.spec.device)
     else:
+        from .cluster import WorkerRun
+
         executor = cluster.start(WorkerRun(job, fingerprint, str(pyramid_path), cache_path))
     _execute(executor, units, opened.batch_size, report)
 

@@ -50,6 +50,7 @@ def run(args) -> int:
     # Describe and check everything first: the light modules only, so a
     # mistake is reported before torch, dask or a model loads.
     from ..batch.output import OutputSpec
+    from ..batch.schedulers import parse_scheduler
     from ..job import SlideJob
 
     params = {} if args.precision is None else {"precision": args.precision}
@@ -60,6 +61,7 @@ def run(args) -> int:
         tissue=not args.no_tissue, mpp=args.mpp, **params,
     )  # fmt: skip
     out = OutputSpec.create(args.output, args.compression, args.quality)
+    parse_scheduler(args.scheduler)
     from ..batch.run import run_job
 
     path = run_job(
