@@ -110,8 +110,10 @@ def test_hugging_face_cache_follows_refs_main(empty_env):
     main = make_hf_snapshot(empty_env, with_ref=True, names=("old.safetensors",), commit="a" * 40)
     make_hf_snapshot(empty_env, with_ref=False, names=("new.safetensors",), commit="b" * 40)
     assert find_weights() == main
+    # Without a ref: the most recently downloaded revision (its newest file).
     snapshots = empty_env / "models--R-J--StainFuser" / "snapshots"
-    os.utime(snapshots / ("a" * 40), (1_000_000, 1_000_000))
-    os.utime(snapshots / ("b" * 40), (2_000_000, 2_000_000))
+    for commit, t in (("a" * 40, 2_000_000), ("b" * 40, 1_000_000)):
+        for f in (snapshots / commit).iterdir():
+            os.utime(f.resolve(), (t, t))
     (empty_env / "models--R-J--StainFuser" / "refs" / "main").unlink()
-    assert find_weights().name == "new.safetensors"  # without a ref: the newest snapshot
+    assert find_weights().name == "old.safetensors"

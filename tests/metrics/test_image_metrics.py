@@ -1,5 +1,7 @@
 """PSNR, SSIM and ΔE2000 against scikit-image's implementations."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from skimage import color
@@ -65,3 +67,17 @@ def test_bad_pairs_are_parameter_errors(pair):
         ssim(a[:5, :5], b[:5, :5])
     with pytest.raises(ParameterError, match="H×W×3"):
         mean_delta_e2000(a[..., 0], b[..., 0])
+
+
+def test_ssim_matches_skimage_on_real_h_and_e():
+    from napari_stainfuser.slide import open_slide
+
+    img = np.asarray(
+        open_slide(Path(__file__).parents[1] / "data" / "CMU-1-Small-Region.svs").levels[1]
+    )
+    a, b = img[:512, :640], img[300:812, 400:1040]
+    ref = structural_similarity(
+        a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        data_range=255,
+    )  # fmt: skip
+    assert ssim(a, b) == pytest.approx(ref, abs=1e-12)

@@ -96,3 +96,25 @@ def test_mask_at_shape_is_nearest_neighbour():
         np.kron(m, np.ones((2, 2), bool)),
     )
     np.testing.assert_array_equal(mask_at_shape(np.kron(m, np.ones((3, 3), bool)), (2, 2)), m)
+
+
+def test_otsu_and_small_object_removal_agree_with_scikit_image():
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import remove_small_objects
+
+    from napari_stainfuser.slide import open_slide
+    from napari_stainfuser.stain.tissue import _detect, otsu_threshold, saturation_luminance
+
+    img = np.asarray(open_slide(DATA / "CMU-1-Small-Region.svs").levels[1])
+    for values in saturation_luminance(img):
+        counts, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+        centre = threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2))
+        # The same bin: skimage gives its centre, ours its upper edge.
+        assert otsu_threshold(values) == pytest.approx(centre + 0.5 / 256, abs=1e-9)
+    sat, lum = saturation_luminance(img)
+    raw = (sat > 0.1) | (lum < 0.8)
+    opened = ndimage.binary_opening(raw, structure=np.ones((3, 3), bool))
+    ours, _ = _detect(img, (0.1, 0.1), (0.8, 0.8), 1, 16)
+    np.testing.assert_array_equal(ours, remove_small_objects(opened, max_size=15))
+    assert 0.2 < ours.mean() < 0.9

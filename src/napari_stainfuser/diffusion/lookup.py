@@ -4,8 +4,10 @@ Looked for, in order:
 
 1. an explicit path (a file, or a directory holding the weights);
 2. the ``STAINFUSER_WEIGHTS`` environment variable (same forms);
-3. an existing local Hugging Face cache of ``R-J/StainFuser``, read offline:
-   the snapshot ``refs/main`` points to, else the newest snapshot.
+3. an existing local Hugging Face cache of ``R-J/StainFuser``, read offline
+   with huggingface_hub's own cache API: the snapshot ``refs/main`` points to
+   (``snapshot_download(local_files_only=True)``), else the most recently
+   downloaded revision (``scan_cache_dir``; copied caches have no refs).
 
 In a directory or snapshot the weights are ``checkpoint.safetensors`` or
 ``checkpoint.pth`` if present, else its only ``*.safetensors`` file, else its
@@ -78,23 +80,31 @@ def _resolve(path: Path, what: str) -> Path:
     raise CheckpointError(f"{what} not found: {path}")
 
 
-def _snapshot(repo: Path) -> Path | None:
-    """The snapshot folder ``refs/main`` names, else the newest one (copied caches)."""
-    snapshots = repo / "snapshots"
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        commit = ref.read_text(encoding="utf-8").strip()
-        if commit and (snapshots / commit).is_dir():
-            return snapshots / commit
-    if not snapshots.is_dir():
+def _snapshot(cache_dir: Path) -> Path | None:
+    """The cached snapshot of the StainFuser repository under ``cache_dir``, or None."""
+    from huggingface_hub import scan_cache_dir, snapshot_download
+    from huggingface_hub.errors import CacheNotFound, CorruptedCacheException
+
+    if not cache_dir.is_dir():
         return None
-    found = [p for p in snapshots.iterdir() if p.is_dir()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    try:
+        return Path(snapshot_download(HF_REPO_ID, cache_dir=cache_dir, local_files_only=True))
+    except Exception:  # not cached under refs/main (LocalEntryNotFoundError and kin)
+        pass
+    try:
+        repos = scan_cache_dir(cache_dir).repos
+    except (CacheNotFound, CorruptedCacheException, OSError):
+        return None
+    revisions = [
+        rev for repo in repos if repo.repo_id == HF_REPO_ID and repo.repo_type == "model"
+        for rev in repo.revisions
+    ]  # fmt: skip
+    return max(revisions, key=lambda r: r.last_modified).snapshot_path if revisions else None
 
 
 def find_in_hf_cache(cache_dir: Path) -> Path | None:
     """The cached R-J/StainFuser weight file under ``cache_dir``, if any."""
-    snapshot = _snapshot(cache_dir / ("models--" + HF_REPO_ID.replace("/", "--")))
+    snapshot = _snapshot(Path(cache_dir))
     return weights_in_directory(snapshot) if snapshot is not None else None
 
 
