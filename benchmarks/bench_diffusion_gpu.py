@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     model.set_target(target_dev)
 
     def ours(scheduler, steps):
-        model.scheduler, model.steps = scheduler, steps
+        model.sampler, model.steps = scheduler, steps
         return model.stain(tiles_dev, noise=noise_dev).tiles
 
     rows.append(

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 # What each phase counts. Phases without units are single steps.
-UNITS = {"stain": "tile", "blend": "chunk", "pyramid": "level", "render": "strip"}
+UNITS = {"overview": "row", "stain": "tile", "blend": "chunk", "write": "row", "render": "row"}
 STEPS = {
     "open": "reading the slide overview and detecting tissue",
-    "fit": "fitting the slide's stain statistics",
+    "fit": "fitting the target and the slide's stain statistics",
+    "pyramid": "building the lower pyramid levels",
     "write": "writing the output",
+    "metrics": "measuring against the ground truth",
 }
 
 
@@ -25,7 +27,8 @@ STEPS = {
 class Progress:
     """One progress report.
 
-    phase: "open" (overview and tissue), "fit" (slide statistics), "stain"
+    phase: "open" (overview and tissue; "overview" counts the rows of a
+        slide without a pyramid as they are read), "fit" (slide statistics), "stain"
         (tiles through the stainer), "blend" (output chunks assembled from
         stained tiles), "pyramid" (lower levels), "write" (OME-TIFF assembly
         or the final rename), "done"; the demo adds "render".
@@ -94,6 +97,7 @@ class TqdmProgress:
         self._bar = None
         self._phase = None
         self._kw = tqdm_kw
+        self._t0 = time.perf_counter()
 
     def __call__(self, p: Progress) -> None:
         from tqdm.auto import tqdm
@@ -108,7 +112,8 @@ class TqdmProgress:
                 )  # fmt: skip
             elif p.phase in STEPS:
                 # stderr, like the bars: stdout stays for results.
-                tqdm.write(STEPS[p.phase] + " ...", file=sys.stderr)
+                t = time.perf_counter() - self._t0
+                tqdm.write(f"[{t:6.1f} s] {STEPS[p.phase]} ...", file=sys.stderr)
             return
         if self._bar is not None:
             self._bar.update(p.done - self._bar.n)

@@ -27,9 +27,11 @@ from .schedulers import TORCH_THREADS, SchedulerChoice
 
 @dataclass
 class WorkerRun:
-    """What a worker is sent: the job, the fingerprint it must reproduce, and the stores."""
+    """What a worker is sent: the job, what opening it found, the fingerprint the
+    worker must reproduce, and the stores."""
 
     job: object
+    state: object
     fingerprint: dict
     pyramid_path: str
     cache_path: str | None
@@ -37,7 +39,8 @@ class WorkerRun:
     def open(self):
         from .run import open_units
 
-        return open_units(self.job, self.fingerprint, self.pyramid_path, self.cache_path)
+        opened = self.job.open(state=self.state)
+        return open_units(self.job, self.fingerprint, self.pyramid_path, self.cache_path, opened)
 
 
 class JobPlugin(WorkerPlugin):

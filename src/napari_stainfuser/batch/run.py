@@ -165,7 +165,9 @@ def _run(job, output: OutputSpec, cluster, report, resume: bool, overwrite: bool
     else:
         from .cluster import WorkerRun
 
-        executor = cluster.start(WorkerRun(job, fingerprint, str(pyramid_path), cache_path))
+        executor = cluster.start(
+            WorkerRun(job, opened.state(), fingerprint, str(pyramid_path), cache_path)
+        )
     _execute(executor, units, opened.batch_size, report)
 
     pyr = ZarrPyramid.open(pyramid_path)

@@ -8,11 +8,13 @@ toward the target as a whole slide (the same code path as `stainfuser
 normalize`), and compared with the ground truth.
 """
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import write_png_atomic
+from ..methods import CLASSICAL
 
 # Lab A: Macenko's reference H&E vectors, hematoxylin strong, eosin faint.
 # Lab B (ground truth and target): Ruifrok's vectors at nominal strength.
@@ -36,7 +38,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--method",
         default="macenko",
-        choices=("macenko", "reinhard", "vahadane", "ruifrok"),
+        choices=CLASSICAL,
         help="normalization method (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="tissue seed (default: %(default)s)")
@@ -71,13 +73,25 @@ def run(args) -> int:
 
 
 def demo(out: Path, size=4096, method="macenko", seed=0, overwrite=False, progress=True) -> dict:
-    """Run the demo into `out`; returns the metrics, the table and the written files."""
+    """Run the demo into `out`; returns the metrics, the table and the written files.
+
+    Every phase reports through ``progress`` (True: bars and timed lines on
+    stderr; a callable: :class:`~napari_stainfuser.progress.Progress` reports):
+    "render" (the synthetic source slide), then the run's "open", "fit",
+    "stain", "pyramid" and "write", then "metrics".
+    """
+    from dataclasses import replace
+
+    from ..atomic import write_json_atomic
     from ..batch import normalize_slide
     from ..errors import SlideWriteError
     from ..metrics import image_metrics
+    from ..progress import TqdmProgress, step
     from ..slide import open_slide, write_pyramid
     from ..slide.synthetic import MACENKO_REFERENCE_HE, SyntheticTissue
     from ..stain import RUIFROK_HE
+
+    report = TqdmProgress() if progress is True else (progress or None)
 
     tissue = SyntheticTissue(seed=seed, mpp=MPP)
     shape = (size, size)
@@ -105,10 +119,17 @@ def demo(out: Path, size=4096, method="macenko", seed=0, overwrite=False, progre
             f"{existing[0]}: exists ({len(existing)} demo output(s) in {out}); "
             "pass --overwrite to replace them"
         )
-    _save_png(target, files["target"])
+    write_png_atomic(files["target"], target)
+
+    def rendering(p):  # the source is rendered as it is written
+        if report is not None and p.phase != "done":
+            report(replace(p, phase="render") if p.phase == "write" else p)
+
     # Lossless, so the metrics measure the method and not JPEG.
-    write_pyramid(source, files["source"], mpp=MPP, compression="zstd", overwrite=True)
-    _save_png(open_slide(files["source"]).levels[-1].compute(), files["preview"])
+    write_pyramid(
+        source, files["source"], mpp=MPP, compression="zstd", overwrite=True, progress=rendering
+    )
+    write_png_atomic(files["preview"], open_slide(files["source"]).levels[-1].compute())
     normalize_slide(
         files["source"],
         files["normalized"],
@@ -116,8 +137,9 @@ def demo(out: Path, size=4096, method="macenko", seed=0, overwrite=False, progre
         target=files["target"],
         overwrite=True,
         compression="zstd",
-        progress=progress,
+        progress=report,
     )
+    step(report, "metrics")
     normalized = open_slide(files["normalized"]).levels[0].compute()
     source_px = open_slide(files["source"]).levels[0].compute()
     truth_px = truth.compute()
@@ -126,9 +148,7 @@ def demo(out: Path, size=4096, method="macenko", seed=0, overwrite=False, progre
         "before (source vs truth)": image_metrics(source_px, truth_px),
         f"after ({method} vs truth)": image_metrics(normalized, truth_px),
     }
-    tmp = files["metrics"].with_name(files["metrics"].name + ".partial")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(files["metrics"])
+    write_json_atomic(files["metrics"], metrics)
     y, x = _busiest_window(truth_px, PANEL)
     panels = [
         ("source (lab A)", source_px[y : y + PANEL, x : x + PANEL]),
@@ -137,6 +157,8 @@ def demo(out: Path, size=4096, method="macenko", seed=0, overwrite=False, progre
         ("ground truth (lab B)", truth_px[y : y + PANEL, x : x + PANEL]),
     ]
     _save_montage(panels, files["montage"])
+    if isinstance(report, TqdmProgress):
+        report.close()
     return {"metrics": metrics, "table": metrics_table(metrics), "files": files}
 
 
@@ -160,14 +182,6 @@ def _busiest_window(img: np.ndarray, size: int) -> tuple[int, int]:
     return corner
 
 
-def _save_png(img: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    tmp = path.with_name(path.name + ".partial.png")
-    Image.fromarray(np.ascontiguousarray(img)).save(tmp)
-    tmp.replace(path)
-
-
 def _save_montage(panels, path: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
@@ -182,6 +196,4 @@ def _save_montage(panels, path: Path) -> None:
         canvas.paste(Image.fromarray(np.ascontiguousarray(img)), (x, label_h))
         draw.text((x + 6, 4), label, fill=(0, 0, 0), font=font)
         x += img.shape[1] + gap
-    tmp = path.with_name(path.name + ".partial.png")
-    canvas.save(tmp)
-    tmp.replace(path)
+    write_png_atomic(path, np.asarray(canvas))

@@ -52,8 +52,21 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
         ) from None
 
 
-def _caster(dtype: torch.dtype | None, fp32_prefixes: tuple[str, ...]):
+def _caster(dtype: torch.dtype | None, fp32_prefixes: tuple[str, ...], path: Path):
     def cast(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        # Weights are checked as stored: cast, an int8 or bool tensor would load
+        # silently, and NaN would give one flat colour and a success.
+        if not tensor.is_floating_point():
+            raise CheckpointError(
+                f"{path}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}; "
+                "weights must be floating point (fp16, bf16, fp32 or fp64)"
+            )
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has {bad} non-finite values (NaN or inf); "
+                "the weights are damaged"
+            )
         if key.removeprefix("module.").startswith(fp32_prefixes):
             return tensor.float()
         return tensor.to(dtype) if dtype is not None else tensor
@@ -72,7 +85,7 @@ def read_state_dict(
     starts with one of ``fp32_prefixes``, which are read as float32.
     """
     path = Path(path)
-    cast = _caster(dtype, tuple(fp32_prefixes))
+    cast = _caster(dtype, tuple(fp32_prefixes), path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -82,6 +95,8 @@ def read_state_dict(
                 for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                     # One tensor at a time, so casting never holds two copies of the model.
                     state[key] = cast(key, f.get_tensor(key))
+        except CheckpointError:
+            raise
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CheckpointError(
                 f"{path}: not a readable safetensors file "

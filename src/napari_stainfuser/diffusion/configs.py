@@ -54,7 +54,18 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: a config must be a JSON object, got {type(data).__name__}")
     # `_class_name`, `_diffusers_version`, `_name_or_path` are provenance, not architecture.
-    return {k: v for k, v in data.items() if not k.startswith("_")}
+    config = {k: v for k, v in data.items() if not k.startswith("_")}
+    for key, value in config.items():
+        values = value if isinstance(value, list) else [value]
+        bad = [
+            v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0
+        ]
+        if bad:
+            raise CheckpointError(
+                f"{path}: {key} must not be negative, got {value!r}; "
+                "sizes, channels and counts of a model are positive"
+            )
+    return config
 
 
 def load_configs(config_dir: str | os.PathLike | None = None) -> ModelConfigs:

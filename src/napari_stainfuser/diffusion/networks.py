@@ -175,5 +175,13 @@ def build_networks(
     On ``"meta"`` no memory is allocated: use it to count parameters, or as
     the skeleton a checkpoint is assigned into.
     """
-    with torch.device(device):
-        return StainFuserNetworks(configs, controlnet_from_unet=controlnet_from_unet)
+    try:
+        with torch.device(device):
+            return StainFuserNetworks(configs, controlnet_from_unet=controlnet_from_unet)
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as e:
+        # diffusers raises whatever a bad size makes torch raise: say which configs.
+        why = " ".join(str(e).split())[:300]
+        raise CheckpointError(
+            f"{configs.origin}: the configs do not describe a model that can be built "
+            f"({type(e).__name__}: {why})"
+        ) from None

@@ -1,15 +1,17 @@
 """``OpenJob``: a job with its slide opened, its stainer fitted and its tiles planned.
 
 This is the only place that fits slide statistics, detects tissue and builds
-tile plans. Every process that works on a job opens it the same way, from
-the same description, so each one holds the same stainer, mask and plan: a
-dask worker opens the job it was sent and checks that its fingerprint
+tile plans. A dask worker is sent the job's description together with what
+opening it found (:meth:`OpenJob.state`: the fitted statistics as they are
+now, and the tissue mask), so no worker reads the slide's overview again;
+it opens the job from them and checks that its fingerprint
 (:meth:`OpenJob.identity`) equals the one the client computed.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 from ..errors import StainEstimationError
 from ..progress import step
@@ -32,9 +34,9 @@ class OpenJob:
     batch_size: tiles per stainer call.
     """
 
-    def __init__(self, job, progress=None):
+    def __init__(self, job, progress=None, state: OpenedState | None = None):
         from ..devices import resolve_device
-        from ..tiling.tissue import detect_tissue
+        from ..tiling.tissue import TissueSwitch, detect_tissue
 
         self.job = job
         step(progress, "open")
@@ -43,11 +45,17 @@ class OpenJob:
             resolve_device(device)  # refuse a missing GPU before anything is read
         self.source = open_source(job.slide, job.mpp)
         self.level = self.source.check_level(job.level)
-        overview = _with_overview(self.source)
-        self.tissue = detect_tissue(overview) if job.tissue else None
-        step(progress, "fit")
-        stainer = job.stainer.build() if hasattr(job.stainer, "build") else job.stainer
-        self.stainer = _with_slide_statistics(stainer, overview)
+        if state is None:
+            overview = _with_overview(self.source, progress)
+            self.tissue = detect_tissue(overview) if job.tissue else None
+            step(progress, "fit")
+            stainer = job.stainer.build() if hasattr(job.stainer, "build") else job.stainer
+            self.stainer = _with_slide_statistics(stainer, overview)
+        else:
+            # What this job's opening found elsewhere: the mask as prepared, the
+            # stainer as fitted (its recipe carries the slide statistics).
+            self.tissue = None if state.mask is None else TissueSwitch(state.mask, 0, False)
+            self.stainer = state.stainer()
         warm_up(self.stainer)
         self.batch_size = int(job.batch_size or self.stainer.spec.batch_size)
         self.plan = self.plan_for(self.level)
@@ -96,21 +104,32 @@ class OpenJob:
         }
         return json.loads(json.dumps(ident))
 
-    def portable(self):
-        """The stainer as it travels (its recipe, else the object)."""
-        return portable(self.stainer)
+    def state(self) -> OpenedState:
+        """What opening found, to open the same job elsewhere without reading the slide."""
+        mask = None if self.tissue is None else self.tissue.mask
+        return OpenedState(portable(self.stainer), mask)
 
 
-def _with_overview(src: SlideSource) -> SlideSource:
+@dataclass(frozen=True, eq=False)
+class OpenedState:
+    """The results of opening a job: the fitted stainer (as it travels) and the tissue mask."""
+
+    stainer: object  # a zero-argument callable (a recipe, or the stainer wrapped)
+    mask: object  # the prepared H×W bool mask of the slide overview, or None
+
+
+def _with_overview(src: SlideSource, progress=None) -> SlideSource:
     """``src`` with its low-resolution overview read into memory once.
 
     Slide statistics and the tissue mask are both computed on the same
-    overview (:func:`~napari_stainfuser.stain.tissue.slide_overview`); reading
-    it once instead of twice saves a pass over a level of up to 2048² px.
+    overview (what :func:`~napari_stainfuser.stain.tissue.slide_overview`
+    would read); reading it once instead of twice saves a pass over a level
+    of up to 2048² px, and a slide without a pyramid is read in strips
+    (:meth:`SlideSource.overview`).
     """
-    from ..stain.tissue import DEFAULT_MAX_SIDE, slide_overview
+    from ..stain.tissue import DEFAULT_MAX_SIDE
 
-    image, idx, _ = slide_overview(src, DEFAULT_MAX_SIDE)
+    image, idx = src.overview(DEFAULT_MAX_SIDE, progress)
     levels = [*src.levels[:idx], image, *src.levels[idx + 1 :]]
     return SlideSource(levels, src.mpp, src.path)
 

@@ -61,6 +61,68 @@ class SlideSource:
             return TiledLevel(self.slide, k)
         return self.levels[k]
 
+    @property
+    def native_levels(self) -> int:
+        """How many levels (finest first) are stored; the rest are built from the last of them."""
+        n = getattr(self.slide, "native_levels", None)
+        if n is None:
+            n = len(self.levels) if self.path is None and not _is_built(self.levels) else 1
+        return max(1, min(int(n), len(self.levels)))
+
+    def is_empty(self, k: int, y0: int, y1: int, x0: int, x1: int) -> bool:
+        """True if the region of level ``k`` is known to be empty without reading it."""
+        tiles = getattr(self.slide, "_tiles", ())
+        return k < len(tiles) and tiles[k].is_empty(y0, y1, x0, x1)
+
+    def overview(self, max_side: int, progress=None) -> tuple[np.ndarray, int]:
+        """(the finest level whose longest side is at most ``max_side``, in memory; its index).
+
+        A level the file does not store (a slide without a pyramid) is made
+        from the coarsest stored level in strips: each strip is read, halved
+        as the lazy levels halve (the same pixels), and dropped, so memory is
+        one strip whatever the slide's size; empty strips are not read at
+        all; ``progress`` gets a Progress("overview", rows done, rows) after
+        each strip.
+        """
+        from ..progress import Tracker
+        from ..slide.pyramid import _halve_block
+        from ..tiling.grid import read_region
+
+        levels = self.levels
+        idx = next(
+            (i for i, lv in enumerate(levels) if max(lv.shape[:2]) <= max_side), len(levels) - 1
+        )
+        base = self.native_levels - 1
+        if idx <= base:
+            lv = self.reader(idx)
+            h, w = lv.shape[:2]
+            image = read_region(lv, 0, h, 0, w)
+        else:
+            m = idx - base
+            src = self.reader(base)
+            h, w = src.shape[:2]
+            # Strips of whole 2**m-row bands, about 64 MB each.
+            band = 2**m
+            rows = max(band, (64 * 2**20 // max(1, 3 * w)) // band * band)
+            tracker = Tracker("overview", h, 0, progress)
+            out_h, out_w = levels[idx].shape[:2]
+            image = np.empty((out_h, out_w, 3), np.uint8)
+            for y0 in range(0, out_h * band, rows):
+                y1 = min(y0 + rows, h)
+                n = (y1 - y0) // band
+                if self.is_empty(base, y0, y1, 0, w):
+                    image[y0 // band : y0 // band + n] = 255
+                else:
+                    block = read_region(src, y0, y1, 0, w)
+                    for _ in range(m):
+                        block = _halve_block(block)
+                    image[y0 // band : y0 // band + n] = block[:n, :out_w]
+                tracker.add(y1 - y0)
+        step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))
+        if step > 1:  # even the coarsest level is larger: a regular subsample
+            image = np.ascontiguousarray(image[::step, ::step])
+        return image, idx
+
 
 class TiledLevel:
     """A TIFF-tiled slide level read through :meth:`Slide.read_region`.
@@ -85,6 +147,10 @@ class TiledLevel:
         return self.slide.read_region(
             y=y0, x=x0, height=max(0, y1 - y0), width=max(0, x1 - x0), level=self.level
         )
+
+
+def _is_built(levels) -> bool:
+    return len(levels) > 1 and any("downsample2x" in getattr(lv, "name", "") for lv in levels[1:])
 
 
 def open_source(slide, mpp: float | None = None) -> SlideSource:

@@ -148,11 +148,15 @@ class SlideJob:
         """The method name, when the stainer is a recipe."""
         return getattr(self.stainer, "method", None)
 
-    def open(self, progress=None):
-        """Fit, detect and plan: the :class:`~.open.OpenJob` every runner works from."""
+    def open(self, progress=None, state=None):
+        """Fit, detect and plan: the :class:`~.open.OpenJob` every runner works from.
+
+        state: what opening this job found in another process
+        (:meth:`OpenJob.state`), to open it without reading the slide again.
+        """
         from .open import OpenJob
 
-        return OpenJob(self, progress)
+        return OpenJob(self, progress, state)
 
 
 def _rebuild(state: dict) -> SlideJob:

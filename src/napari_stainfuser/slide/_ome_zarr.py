@@ -200,22 +200,29 @@ STRIP_BYTES = 256 * 2**20
 
 
 def row_strips(row_chunks: tuple[int, ...], row_bytes: int) -> Iterator[tuple[int, int]]:
-    """Runs of whole chunk rows, each under STRIP_BYTES (at least one chunk row)."""
+    """Runs of whole chunk rows, each under STRIP_BYTES and an eighth of the image
+    (so progress moves), at least one chunk row."""
+    limit = min(STRIP_BYTES, sum(row_chunks) * row_bytes // 8)
     y0 = y = 0
     for c in row_chunks:
-        if y > y0 and (y + c - y0) * row_bytes > STRIP_BYTES:
+        if y > y0 and (y + c - y0) * row_bytes > limit:
             yield y0, y
             y0 = y
         y += c
     yield y0, y
 
 
-def _store_yxc(image: da.Array, target: zarr.Array) -> None:
-    """Store a tile-aligned Y×X×3 dask array into a (3, Y, X) zarr array, in row strips."""
+def _store_yxc(image: da.Array, target: zarr.Array, progress=None) -> None:
+    """Store a tile-aligned Y×X×3 dask array into a (3, Y, X) zarr array, in row strips.
+
+    progress: called with (rows done, rows) after every strip.
+    """
     row_bytes = image.shape[1] * image.shape[2] * image.dtype.itemsize
     for y0, y1 in row_strips(image.chunks[0], row_bytes):
         strip = image[y0:y1].transpose(2, 0, 1)
         da.store(strip, target, regions=(slice(None), slice(y0, y1), slice(None)), lock=False)
+        if progress is not None:
+            progress(y1, image.shape[0])
 
 
 class ZarrPyramid:
@@ -400,14 +407,17 @@ class ZarrPyramid:
                 2, 0, 1
             )
 
-    def write_level0(self, image) -> None:
-        """Stream a whole Y×X×3 uint8 image (dask or numpy) into level 0, one chunk row at a time."""
+    def write_level0(self, image, progress=None) -> None:
+        """Stream a whole Y×X×3 uint8 image (dask or numpy) into level 0, in row strips.
+
+        progress: called with (rows done, rows) after every strip.
+        """
         if tuple(image.shape[:2]) != self.shape:
             raise ParameterError(
                 f"image: shape {image.shape[:2]} does not match the pyramid's {self.shape}"
             )
         with io_errors(self.path):
-            _store_yxc(as_aligned_dask(image, self.tile), self.levels[0])
+            _store_yxc(as_aligned_dask(image, self.tile), self.levels[0], progress)
 
     def build_lower_levels(self) -> None:
         """Derive levels 1… from the level above, read back from the store.

@@ -256,6 +256,19 @@ class TiffLevelSource:
             f"{type(exc).__name__}: {exc}",
         )
 
+    def is_empty(self, y0: int, y1: int, x0: int, x1: int) -> bool:
+        """True if every tile under [y0:y1, x0:x1] is empty (no bytes: never scanned),
+        so the region is background without reading or decoding anything."""
+        codec = self._state()
+        th, tw = self.tile
+        n = self.grid[0] * self.grid[1]
+        rows = np.arange(y0 // th, -(-y1 // th))
+        cols = np.arange(x0 // tw, -(-x1 // tw))
+        index = (rows[:, None] * self.grid[1] + cols[None, :]).ravel()
+        planes = [index + s * n for s in range(3)] if self.planar else [index]
+        idx = np.concatenate(planes)
+        return bool(((codec.counts[idx] == 0) | (codec.offsets[idx] == 0)).all())
+
     def tile_bytes(self, ty: int, tx: int) -> list[tuple[int, bytes | None]]:
         """(segment index, encoded bytes or None if sparse) for each plane of a tile."""
         codec = self._state()
@@ -314,10 +327,15 @@ class TiffLevelSource:
 
         def paste(job: tuple[int, int, list | None]) -> None:
             ty, tx, raw = job
-            tile = self.tile_rgb(ty, tx, raw)
             oy, ox = ty * th, tx * tw
             ya, yb = max(y0, oy), min(y1, oy + th)
             xa, xb = max(x0, ox), min(x1, ox + tw)
+            if raw is not None and any(data is None for _, data in raw):
+                out[ya - y0 : yb - y0, xa - x0 : xb - x0] = (
+                    255  # empty: background, nothing decoded
+                )
+                return
+            tile = self.tile_rgb(ty, tx, raw)
             out[ya - y0 : yb - y0, xa - x0 : xb - x0] = tile[ya - oy : yb - oy, xa - ox : xb - ox]
 
         if pool is None:

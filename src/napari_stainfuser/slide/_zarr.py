@@ -140,21 +140,38 @@ def _scale_mpp(meta: dict[str, Any], dataset: Any, axes_meta: Any, x: int) -> fl
     return mpp if mpp is not None and np.isfinite(mpp) and mpp > 0 else None
 
 
+def _dataset(path: Path, group, k: int, dataset) -> zarr.Array:
+    """Level ``k``'s array, or a one-line error saying what is wrong with the store."""
+    name = dataset.get("path") if isinstance(dataset, dict) else None
+    if not isinstance(name, str) or not name:
+        raise error(path, f"multiscales dataset {k} does not name its array (no 'path')")
+    try:
+        return group[name]
+    except Exception as exc:  # zarr raises KeyError for absent and for damaged arrays alike
+        if (path / name).is_dir():
+            raise error(
+                path, f"level {k} (array {name!r}) has damaged zarr metadata; it cannot be read"
+            ) from exc
+        raise error(
+            path,
+            f"the multiscales metadata lists level {k} as array {name!r}, which is not in the store",
+        ) from exc
+
+
 def open_zarr(path: Path) -> ZarrParts:
     if not is_zarr_dir(path):
         raise error(path, "directory is not a zarr store (no zarr.json, .zgroup or .zarray)")
     try:
         node = zarr.open(store=str(path), mode="r")
-    except Exception as exc:
-        raise error(path, f"cannot open zarr store ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # zarr raises KeyError, ValueError, JSONDecodeError, ...
+        raise error(
+            path, "its zarr metadata cannot be read (a damaged zarr.json, .zgroup or .zarray)"
+        ) from exc
     if isinstance(node, zarr.Array):
         meta, arrays = {}, [node]
     else:
         meta, group = _multiscale(path, node)
-        try:
-            arrays = [group[d["path"]] for d in meta.get("datasets", [])]
-        except Exception as exc:
-            raise error(path, f"multiscales dataset missing ({type(exc).__name__}: {exc})") from exc
+        arrays = [_dataset(path, group, k, d) for k, d in enumerate(meta.get("datasets", []))]
         if not arrays or not all(isinstance(a, zarr.Array) for a in arrays):
             raise error(path, "multiscales metadata lists no image arrays")
     axes = _axis_names(meta, arrays[0])

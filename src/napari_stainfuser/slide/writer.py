@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ParameterError, SlideWriteError
+from ..progress import Tracker, step
 from ._ome_tiff import write_ome_tiff
 from ._ome_zarr import ZarrPyramid, check_mpp, check_tile, io_errors
 from .formats import check_compression, check_quality, output_format
@@ -116,6 +117,20 @@ def move_into_place(src: str | Path, target: str | Path, *, overwrite: bool = Fa
     return target
 
 
+def _rows(progress):
+    """Level-0 rows written -> a "write" Progress report (or None without a callback)."""
+    if progress is None:
+        return None
+    tracker = {}
+
+    def report(done: int, total: int) -> None:
+        if "t" not in tracker:
+            tracker["t"] = Tracker("write", total, 0, progress)
+        tracker["t"].add(done - tracker["t"].done)
+
+    return report
+
+
 def extra_path(path: str | Path, name: str) -> Path:
     """Where an OME-TIFF output's extra output ``name`` goes: OUT.ome.tif -> OUT.<name>.ome.tif."""
     path = Path(path)
@@ -183,6 +198,7 @@ def write_pyramid(
     compression: str | None = "auto",
     quality: int = 90,
     overwrite: bool = False,
+    progress=None,
 ) -> Path:
     """Write a Y×X×3 uint8 image (dask or numpy) as a pyramid; the extension picks the format.
 
@@ -195,7 +211,10 @@ def write_pyramid(
 
     Levels halve by 2×2 area averaging until the longest side is at most
     1024 px (the rule of `build_pyramid`). `tile` must be a multiple of 16.
-    An existing `path` is replaced only with `overwrite=True`. Returns `path`.
+    An existing `path` is replaced only with `overwrite=True`. `progress`, if
+    given, receives a :class:`~napari_stainfuser.progress.Progress` ("write",
+    rows of level 0 done of all rows) after every strip, then "pyramid" and
+    "done". Returns `path`.
     """
     _check_image(image)
     fmt = output_format(path, "path")
@@ -217,9 +236,12 @@ def write_pyramid(
             pyr = ZarrPyramid.create(
                 tmp, image.shape, mpp=mpp, tile=tile, compression=compression, name=name
             )
-            pyr.write_level0(image)
+            pyr.write_level0(image, _rows(progress))
+            step(progress, "pyramid")
             pyr.finalize()
-            return move_into_place(tmp, target, overwrite=overwrite)
+            out = move_into_place(tmp, target, overwrite=overwrite)
+            step(progress, "done")
+            return out
         finally:
             _remove(tmp)
 
@@ -234,8 +256,11 @@ def write_pyramid(
             compression_level=_SCRATCH_ZSTD_LEVEL,
             name=name,
         )
-        pyr.write_level0(image)
+        pyr.write_level0(image, _rows(progress))
+        step(progress, "pyramid")
         pyr.build_lower_levels()
-        return _assemble_tiff(pyr, target, compression, quality, overwrite)
+        out = _assemble_tiff(pyr, target, compression, quality, overwrite)
+        step(progress, "done")
+        return out
     finally:
         _remove(scratch)

@@ -19,12 +19,15 @@ Macenko); glass brighter than ``io`` keeps its extra brightness (see
 import numpy as np
 import torch
 
-from ..errors import ParameterError
+from ..errors import ParameterError, StainEstimationError
 from .base import StainNormalizer, State, _check_number
 from .density import od_to_rgb, rgb_to_od, split_background
 from .macenko import concentration_ratio, max_concentrations, stain_od
 from .matrices import stain_matrix
 from .planar import mix
+
+# Grey levels of spread below which the pixels are one colour.
+_MIN_SPREAD = 2.0
 
 
 class RuifrokNormalizer(StainNormalizer):
@@ -50,9 +53,18 @@ class RuifrokNormalizer(StainNormalizer):
         # Macenko's vector estimate does) drops pale eosin, and how much of it
         # depends on the staining strength, so the matched percentile would
         # not scale with the stain it measures.
+        # A single colour (a black frame, a solid fill) is not tissue: refuse it,
+        # as the methods that estimate stain vectors do.
+        if float(pixels.double().std(dim=0, correction=0).max()) < _MIN_SPREAD:
+            raise StainEstimationError(f"{name}: the image looks like a single colour, not tissue")
         od = stain_od(pixels, self.io, self.beta, self.min_tissue_pixels, name, every_channel=False)
         c = od @ torch.from_numpy(np.linalg.pinv(self._matrix))
-        return {"max_concentrations": max_concentrations(c, self.percentile)}
+        maxc = max_concentrations(c, self.percentile)
+        if not (maxc > 0).all():
+            raise StainEstimationError(
+                f"{name}: a stain has no positive concentration (is there tissue?)"
+            )
+        return {"max_concentrations": maxc}
 
     def _map(self, rgb: torch.Tensor, src: State, tgt: State) -> torch.Tensor:
         od = rgb_to_od(rgb, self.io)
