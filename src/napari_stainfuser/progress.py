@@ -15,8 +15,8 @@ from dataclasses import dataclass
 # What each phase counts. Phases without units are single steps.
 UNITS = {"overview": "row", "stain": "tile", "blend": "chunk", "write": "row", "render": "row"}
 STEPS = {
-    "open": "reading the slide overview and detecting tissue",
-    "fit": "fitting the target and the slide's stain statistics",
+    "open": "opening the slide and the stainer (target, weights)",
+    "fit": "detecting tissue and fitting the slide's stain statistics",
     "pyramid": "building the lower pyramid levels",
     "write": "writing the output",
     "metrics": "measuring against the ground truth",
@@ -27,8 +27,9 @@ STEPS = {
 class Progress:
     """One progress report.
 
-    phase: "open" (overview and tissue; "overview" counts the rows of a
-        slide without a pyramid as they are read), "fit" (slide statistics), "stain"
+    phase: "open" (the slide's headers, the stainer: target and weights;
+        "overview" counts the rows of a slide without a pyramid as its
+        overview is read), "fit" (tissue, slide statistics), "stain"
         (tiles through the stainer), "blend" (output chunks assembled from
         stained tiles), "pyramid" (lower levels), "write" (OME-TIFF assembly
         or the final rename), "done"; the demo adds "render".

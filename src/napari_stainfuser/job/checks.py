@@ -136,7 +136,11 @@ def stainer_recipe(method, target, weights, device, seed, params):
     if classical:
         resolved = None
     else:
+        from ..diffusion.configs import has_configs, load_configs
         from ..diffusion.lookup import find_weights
 
-        resolved = str(find_weights(weights))
+        found = find_weights(weights)
+        if has_configs(found.parent):
+            load_configs(found.parent)  # a bad config is refused before anything loads
+        resolved = str(found)
     return StainerRecipe(key, target, resolved, device, seed, tuple(sorted(options.items())))

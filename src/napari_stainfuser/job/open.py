@@ -46,10 +46,11 @@ class OpenJob:
         self.source = open_source(job.slide, job.mpp)
         self.level = self.source.check_level(job.level)
         if state is None:
-            overview = _with_overview(self.source, progress)
-            self.tissue = detect_tissue(overview) if job.tissue else None
-            step(progress, "fit")
+            # The stainer first: a bad target or bad weights fail before the slide is read.
             stainer = job.stainer.build() if hasattr(job.stainer, "build") else job.stainer
+            overview = _with_overview(self.source, progress)
+            step(progress, "fit")
+            self.tissue = detect_tissue(overview) if job.tissue else None
             self.stainer = _with_slide_statistics(stainer, overview)
         else:
             # What this job's opening found elsewhere: the mask as prepared, the

@@ -118,6 +118,7 @@ class SlideSource:
                         block = _halve_block(block)
                     image[y0 // band : y0 // band + n] = block[:n, :out_w]
                 tracker.add(y1 - y0)
+            tracker.add(h - tracker.done)  # the odd rows at the edge the halving drops
         step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))
         if step > 1:  # even the coarsest level is larger: a regular subsample
             image = np.ascontiguousarray(image[::step, ::step])
