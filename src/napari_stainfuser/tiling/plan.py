@@ -238,6 +238,24 @@ class TilePlan:
             out = np.where(mask[..., None], out, original)
         return out
 
+    def assemble_rgba(self, y0: int, y1: int, x0: int, x1: int, get_tile) -> np.ndarray:
+        """The output box as h×w×4 uint8 for a layer over the input: stained pixels
+        opaque, glass transparent, so the input shows through where the output
+        would copy it. Reads no input pixels (a viewer calls this on its UI thread)."""
+        out = np.zeros((y1 - y0, x1 - x0, 4), np.uint8)
+        if self.tissue is not None and not self.tissue.any_in(self.shape, y0, y1, x0, x1):
+            return out
+
+        def get(r, c):
+            return get_tile(r, c) if self.has_tissue(r, c) else self._zeros
+
+        out[..., :3] = self._blend(y0, y1, x0, x1, get, 3, np.uint8)
+        if self.tissue is None:
+            out[..., 3] = 255
+        else:
+            out[..., 3] = self.tissue.region(self.shape, y0, y1, x0, x1) * np.uint8(255)
+        return out
+
     def assemble_extra(self, y0: int, y1: int, x0: int, x1: int, get_plane) -> np.ndarray:
         """An extra output (a cell-mask probability, an uncertainty) over the box, as
         h×w float32: blended and resampled back exactly as the image is, and 0 on glass.

@@ -1,0 +1,1 @@
+"""The Qt dock widgets: thin views over the models in ``_napari``."""

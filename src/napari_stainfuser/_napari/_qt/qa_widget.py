@@ -1,0 +1,174 @@
+"""The "Stain QA" dock widget: thin Qt over :class:`QAModel`.
+
+Compare (side by side with linked cameras, a blend slider, a flicker key),
+the stain plot and the measures of the visible region (recomputed off the UI
+thread after the view settles), and a before/after PNG of the view.
+"""
+
+from __future__ import annotations
+
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.qt.threading import thread_worker
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ...errors import StainFuserError
+from ..qa_model import QAModel
+from .normalize_widget import notify_failure
+
+FLICKER_KEY = "f"
+SETTLE_MS = 300
+COLOURS = {"source": "tab:blue", "target": "tab:green", "result": "tab:red"}
+
+
+class QAWidget(QWidget):
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = QAModel(napari_viewer)
+        self._worker = None
+        self.report = None
+
+        self.result = QComboBox()
+        self.side = QCheckBox("side by side (linked cameras)")
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, 100)
+        self.slider.setValue(100)
+        self.flicker_button = QPushButton(f"Flicker ({FLICKER_KEY})")
+        self.figure = Figure(figsize=(3.2, 3.0), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(240)
+        self.measures = QLabel("")
+        self.measures.setWordWrap(True)
+        self.export_button = QPushButton("Export before/after PNG…")
+
+        form = QFormLayout()
+        form.addRow("result", self.result)
+        form.addRow("", self.side)
+        form.addRow("blend (source → result)", self.slider)
+        form.addRow("", self.flicker_button)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.canvas)
+        lay.addWidget(self.measures)
+        lay.addWidget(self.export_button)
+        lay.addStretch(1)
+
+        self._settle = QTimer()
+        self._settle.setSingleShot(True)
+        self._settle.setInterval(SETTLE_MS)
+        self._settle.timeout.connect(self.update_measures)
+        self.result.currentTextChanged.connect(self._on_result)
+        self.side.toggled.connect(self._guard(self.model.side_by_side))
+        self.slider.valueChanged.connect(self._guard(lambda v: self.model.blend(v / 100)))
+        self.flicker_button.clicked.connect(self._guard(lambda *_: self.model.flicker()))
+        self.export_button.clicked.connect(self.export)
+        napari_viewer.bind_key(FLICKER_KEY, self._flicker_key, overwrite=True)
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._refresh_layers)
+        napari_viewer.camera.events.center.connect(self._schedule)
+        napari_viewer.camera.events.zoom.connect(self._schedule)
+        self._refresh_layers()
+
+    def _guard(self, fn):
+        def run(*args):
+            try:
+                fn(*args)
+            except StainFuserError as exc:
+                notify_failure(exc)
+
+        return run
+
+    def _flicker_key(self, viewer) -> None:
+        self._guard(lambda: self.model.flicker())()
+
+    def _refresh_layers(self, event=None) -> None:
+        names = self.model.results()
+        current = self.result.currentText()
+        self.result.blockSignals(True)
+        self.result.clear()
+        self.result.addItems(names)
+        if current in names:
+            self.result.setCurrentText(current)
+        self.result.blockSignals(False)
+        self._on_result(self.result.currentText())
+
+    def _on_result(self, name: str) -> None:
+        self.model.result = name or None
+        self.model.source = None
+        self._schedule()
+
+    def _live(self):
+        """The live result behind the chosen result layer."""
+        from ..live import live_result_of
+
+        name = self.model.result
+        if not name or name not in self.viewer.layers:
+            return None
+        return live_result_of(self.viewer.layers[name])
+
+    def _schedule(self, event=None) -> None:
+        self._settle.start()
+
+    def update_measures(self) -> None:
+        live = self._live()
+        if live is None:
+            self.measures.setText("<i>start a live result in Stain normalization to measure it</i>")
+            return
+        model, target = self.model, live.target
+
+        @thread_worker
+        def measure():
+            return model.measure(live, target)
+
+        worker = measure()
+        worker.returned.connect(self._show)
+        worker.errored.connect(
+            lambda e: self.measures.setText(f"<i>{' '.join(str(e).split())}</i>")
+        )
+        self._worker = worker
+        worker.start()
+
+    def _show(self, report) -> None:
+        self.report = report
+        self.measures.setText("<br>".join(report.lines()))
+        ax = self.figure.gca() if self.figure.axes else self.figure.add_subplot(111)
+        ax.clear()
+        for name, pts in report.points.items():
+            ax.scatter(
+                pts[:, 0], pts[:, 1], s=2, alpha=0.3, color=COLOURS[name], label=f"{name} pixels"
+            )
+        for name, vecs in report.vectors.items():
+            for v in vecs:
+                ax.annotate("", xy=(v[0], v[1]), xytext=(0, 0),
+                            arrowprops={"arrowstyle": "->", "color": COLOURS[name], "lw": 2})  # fmt: skip
+            ax.plot([], [], color=COLOURS[name], lw=2, label=f"{name} stain vectors")
+        ax.set_xlabel("optical density, stain plane axis 1")
+        ax.set_ylabel("axis 2")
+        ax.legend(fontsize=6, loc="best")
+        self.canvas.draw_idle()
+
+    def export(self, path: str | None = None) -> None:
+        live = self._live()
+        if live is None:
+            notify_failure(StainFuserError("export: no live result to export"))
+            return
+        if path is None or path is False:
+            path, _ = QFileDialog.getSaveFileName(self, "Export before/after", "", "PNG (*.png)")
+            if not path:
+                return
+        try:
+            self.model.export(live, path)
+        except StainFuserError as exc:
+            notify_failure(exc)
