@@ -92,12 +92,14 @@ class QAModel:
     def side_by_side(self, on: bool) -> None:
         """Source and result side by side with linked cameras (napari's grid), or stacked."""
         source, result = self._layers()
-        grid = self.viewer.canvas.grid
+        canvas = self.viewer.canvas
         if on:
             for la in self.viewer.layers:
                 la.visible = la is source or la is result
             result.opacity = 1.0
-        grid.enabled = bool(on)
+        # The result leaves glass transparent: on its own, over white, it looks like glass.
+        canvas.background_color_override = "white" if on else None
+        canvas.grid.enabled = bool(on)
 
     def blend(self, alpha: float) -> None:
         """Result over source at opacity ``alpha`` (0: source, 1: result)."""
@@ -175,10 +177,10 @@ class QAModel:
                 report.seam_score = seam_score(
                     out, inside[0], inside[1], tissue, refs[0] or None, refs[1] or None
                 )
-        self._stain_plot(report, live, src[tissue], res[..., :3][tissue])
+        self._stain_plot(report, live, src[tissue], res[..., :3][tissue], out)
         return report
 
-    def _stain_plot(self, report: QAReport, live, src_px, res_px) -> None:
+    def _stain_plot(self, report: QAReport, live, src_px, res_px, result_image) -> None:
         from ..stain.density import rgb_to_od
         from ..stain.matrices import RUIFROK_HE
 
@@ -191,12 +193,13 @@ class QAModel:
         try:
             from ..stain import get_normalizer
 
-            fitted = get_normalizer("macenko", max_pixels=50_000).fit(res_px.reshape(-1, 1, 3))
+            fitted = get_normalizer("macenko", max_pixels=50_000).fit(result_image)
             vectors["result"] = fitted.target_state["stain_matrix"].cpu().numpy()
         except Exception:  # too little tissue on screen to estimate
             pass
-        plane = vectors.get("target", RUIFROK_HE)
-        basis, _ = np.linalg.qr(np.asarray(plane, np.float64).T)  # 3×2 orthonormal
+        plane = np.asarray(vectors.get("target", RUIFROK_HE), np.float64)
+        basis, _ = np.linalg.qr(plane.T)  # 3×2 orthonormal, spanning the two stains
+        basis *= np.sign(plane.sum(0) @ basis)  # axes pointing the way optical density grows
         report.basis = basis
         rng = np.random.default_rng(0)
         for name, px in (("source", src_px), ("result", res_px)):
@@ -205,7 +208,12 @@ class QAModel:
             pick = px[rng.choice(len(px), min(PLOT_PIXELS, len(px)), replace=False)]
             od = rgb_to_od(np.asarray(pick).reshape(-1, 3)).double().numpy()
             report.points[name] = od @ basis
-        report.vectors = {name: np.asarray(v) @ basis for name, v in vectors.items()}
+        # Unit vectors, drawn as long as the bulk of the pixels reach.
+        reach = max(
+            (float(np.percentile(np.linalg.norm(p, axis=1), 95)) for p in report.points.values()),
+            default=1.0,
+        )
+        report.vectors = {name: reach * (np.asarray(v) @ basis) for name, v in vectors.items()}
 
     # -- exporting -----------------------------------------------------------------------------
 

@@ -89,7 +89,7 @@ def region_pixels(layer, world_box) -> np.ndarray:
     levels = layer_levels(layer)
     shapes = [lv.shape for lv in levels]
     geoms = level_geometries(shapes, layer.scale[-2:], layer.translate[-2:])
-    (sy, sx), (ty, tx) = geoms[0].scale, geoms[0].translate
+    sy, sx = geoms[0].scale
     wy0, wy1, wx0, wx1 = world_box
     box0 = ((wy1 - wy0) / sy, (wx1 - wx0) / sx)
     k = _level_for(shapes, box0)

@@ -53,6 +53,38 @@ class Cancelled(Exception):
     """Raised inside a whole-slide run's progress callback when the user cancels."""
 
 
+class Failed:
+    """An expected failure carried back from a worker thread as a value, so napari
+    does not report it as a crash with a traceback."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def in_thread(fn, on_done, on_failed):
+    """Run ``fn()`` in a napari thread worker; ``on_done(result)`` or ``on_failed(exc)``
+    for an expected failure (a StainFuserError, a cancel) on the main thread. Anything
+    else is a bug, and napari reports it as one."""
+
+    @thread_worker
+    def work():
+        try:
+            return fn()
+        except (StainFuserError, Cancelled) as exc:
+            return Failed(exc)
+
+    def done(result):
+        if isinstance(result, Failed):
+            on_failed(result.exc)
+        else:
+            on_done(result)
+
+    worker = work()
+    worker.returned.connect(done)
+    worker.start()
+    return worker
+
+
 class _Signals(QObject):
     """Worker-thread news for the main thread (queued Qt signals)."""
 
@@ -100,6 +132,7 @@ class NormalizationWidget(QWidget):
         self._batch = None
         self._cancel = False
         self._progress = None
+        self._batch_bar = None
         self._summary_worker = None
         self.result_path: Path | None = None
         self._closed = False
@@ -199,6 +232,14 @@ class NormalizationWidget(QWidget):
             ev.connect(self._refresh_layers)
         self.destroyed.connect(_closer(self))
         self._refresh_layers()
+        # With a second image in the viewer it is the likely target; else a file.
+        if (
+            self.target_layer.count()
+            and self.target_layer.currentText() != self.source.currentText()
+        ):
+            self.kind.setCurrentIndex(TARGET_KINDS.index("layer"))
+        else:
+            self.kind.setCurrentIndex(TARGET_KINDS.index("file"))
         self._on_kind()
         self._on_method(self.method.currentText())
 
@@ -206,9 +247,11 @@ class NormalizationWidget(QWidget):
 
     def _refresh_layers(self, event=None) -> None:
         images = self.model.image_layers()
+        source = self.source.currentText() or (images[0] if images else "")
+        targets = [n for n in self.model.image_layers(exclude_results=False) if n != source]
         for box, names in (
             (self.source, images),
-            (self.target_layer, self.model.image_layers(exclude_results=False)),
+            (self.target_layer, targets),
             (self.target_shapes, self.model.shapes_layers()),
         ):
             current = box.currentText()
@@ -229,6 +272,7 @@ class NormalizationWidget(QWidget):
 
     def _on_source(self, name: str) -> None:
         self.model.source = name or None
+        self._refresh_layers()  # the target list leaves the source out
         self._restart_if_live()
 
     def _on_kind(self, index=None) -> None:
@@ -256,6 +300,10 @@ class NormalizationWidget(QWidget):
         """Copy the option widgets into the model (the weights are remembered)."""
         m = self.model
         m.source = self.source.currentText() or None
+        m.target_kind = self.kind.currentData()
+        m.target_layer = self.target_layer.currentText() or None
+        m.target_shapes = self.target_shapes.currentText() or None
+        m.target_path = self.target_file.edit.text().strip() or None
         m.method = self.method.currentText()
         m.device = self.device.currentData() or "cpu"
         m.weights = self.weights.edit.text().strip() or None
@@ -277,16 +325,17 @@ class NormalizationWidget(QWidget):
             self.stains.setText(f"<i>{exc}</i>")
             return
         model = self.model
+        self._summary_seq = seq = getattr(self, "_summary_seq", 0) + 1
 
-        @thread_worker
-        def fit():
-            return model.summary(target)
+        def show(summary):
+            if seq == self._summary_seq:  # an older target's summary is stale
+                self._show_summary(summary)
 
-        worker = fit()
-        worker.returned.connect(self._show_summary)
-        worker.errored.connect(lambda e: self.stains.setText(f"<i>{' '.join(str(e).split())}</i>"))
-        self._summary_worker = worker
-        worker.start()
+        def failed(exc):
+            if seq == self._summary_seq:
+                self.stains.setText(f"<i>{' '.join(str(exc).split())}</i>")
+
+        self._summary_worker = in_thread(lambda: model.summary(target), show, failed)
 
     def _show_summary(self, summary) -> None:
         if summary.thumbnail is not None:
@@ -317,18 +366,15 @@ class NormalizationWidget(QWidget):
             notify_failure(exc)
             return
 
-        @thread_worker
         def open_job():
             from ...tiling.lazy import ResultPyramid
 
             return ResultPyramid(model.job(target))
 
         self.status.setText(f"fitting {model.method} and opening {source.name} …")
-        worker = open_job()
-        worker.returned.connect(lambda pyr: self._show_live(source, pyr, target))
-        worker.errored.connect(self._failed)
-        self._worker = worker
-        worker.start()
+        self._worker = in_thread(
+            open_job, lambda pyr: self._show_live(source, pyr, target), self._failed
+        )
 
     def _show_live(self, source, pyramid, target=None) -> None:
         from ..live import LiveResult
@@ -344,23 +390,23 @@ class NormalizationWidget(QWidget):
         self.status.setText("live: staining the visible region first")
 
     def _live_progress(self, p) -> None:
-        bar = self._progress
+        self.status.setText(
+            f"live: {p.done} tiles done, {p.rate:.1f} tiles/s, {p.pending} queued ({p.what})"
+        )
+        bar = self._progress  # napari's bar processes events: read it once, use it last
         if bar is not None:
             bar.total = max(p.total, 1)
             bar.n = p.done
             bar.set_description(f"stain normalization ({p.what})")
             bar.refresh()
-        self.status.setText(
-            f"live: {p.done} tiles done, {p.rate:.1f} tiles/s, {p.pending} queued ({p.what})"
-        )
 
     def stop_live(self) -> None:
-        if self.live is not None:
-            self.live.close()
-            self.live = None
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        live, self.live = self.live, None
+        if live is not None:
+            live.close()
+        bar, self._progress = self._progress, None
+        if bar is not None:
+            bar.close()
 
     def _failed(self, exc) -> None:
         self._worker = None
@@ -392,7 +438,6 @@ class NormalizationWidget(QWidget):
         self._cancel = False
         widget, signals = self, self._signals
 
-        @thread_worker
         def run():
             from ...batch.run import run_job
 
@@ -403,30 +448,32 @@ class NormalizationWidget(QWidget):
 
             return run_job(job, out, resume=out.work.exists(), overwrite=False, progress=report)
 
-        self._progress = napari_progress(total=0, desc="whole slide")
-        worker = run()
-        worker.returned.connect(self._batch_done)
-        worker.errored.connect(self._batch_failed)
-        self._batch = worker
+        self._batch_bar = napari_progress(total=0, desc="whole slide")
+        self._batch = in_thread(run, self._batch_done, self._batch_failed)
         self.open_button.setVisible(False)
         self.status.setText(f"whole slide → {out.path.name} …")
-        worker.start()
 
     def _batch_progress(self, p) -> None:
-        if self._progress is not None:
-            self._progress.total = max(p.total, 1)
-            self._progress.n = p.done
-            self._progress.set_description(f"whole slide: {p.phase}")
-            self._progress.refresh()
+        if self._batch is None:
+            return  # a report queued before the run ended
         self.status.setText(
             f"whole slide: {p.phase} {p.done}/{p.total}" if p.total else f"whole slide: {p.phase}"
         )
+        bar = self._batch_bar  # napari's bar processes events: _batch_done may run inside
+        if bar is not None:
+            bar.total = max(p.total, 1)
+            bar.n = p.done
+            bar.set_description(f"whole slide: {p.phase}")
+            bar.refresh()
+
+    def _close_batch_bar(self) -> None:
+        bar, self._batch_bar = self._batch_bar, None
+        if bar is not None:
+            bar.close()
 
     def _batch_done(self, path) -> None:
         self._batch = None
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        self._close_batch_bar()
         self.result_path = Path(path)
         self.open_button.setText(f"Open {self.result_path.name}")
         self.open_button.setVisible(True)
@@ -435,9 +482,7 @@ class NormalizationWidget(QWidget):
 
     def _batch_failed(self, exc) -> None:
         self._batch = None
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        self._close_batch_bar()
         if isinstance(exc, Cancelled):
             self.status.setText(
                 "cancelled: run Whole slide… again on the same output to continue it"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from napari.qt.threading import thread_worker
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -18,6 +17,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QLabel,
     QPushButton,
+    QScrollArea,
     QSlider,
     QVBoxLayout,
     QWidget,
@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 
 from ...errors import StainFuserError
 from ..qa_model import QAModel
-from .normalize_widget import notify_failure
+from .normalize_widget import in_thread, notify_failure
 
 FLICKER_KEY = "f"
 SETTLE_MS = 300
@@ -46,9 +46,9 @@ class QAWidget(QWidget):
         self.slider.setRange(0, 100)
         self.slider.setValue(100)
         self.flicker_button = QPushButton(f"Flicker ({FLICKER_KEY})")
-        self.figure = Figure(figsize=(3.2, 3.0), tight_layout=True)
+        self.figure = Figure(figsize=(3.2, 2.6), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(240)
+        self.canvas.setMinimumHeight(220)
         self.measures = QLabel("")
         self.measures.setWordWrap(True)
         self.export_button = QPushButton("Export before/after PNG…")
@@ -58,12 +58,19 @@ class QAWidget(QWidget):
         form.addRow("", self.side)
         form.addRow("blend (source → result)", self.slider)
         form.addRow("", self.flicker_button)
-        lay = QVBoxLayout(self)
+        inner = QWidget()
+        lay = QVBoxLayout(inner)
         lay.addLayout(form)
-        lay.addWidget(self.canvas)
         lay.addWidget(self.measures)
+        lay.addWidget(self.canvas)
         lay.addWidget(self.export_button)
         lay.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
         self._settle = QTimer()
         self._settle.setSingleShot(True)
@@ -127,18 +134,17 @@ class QAWidget(QWidget):
             self.measures.setText("<i>start a live result in Stain normalization to measure it</i>")
             return
         model, target = self.model, live.target
+        self._seq = seq = getattr(self, "_seq", 0) + 1
 
-        @thread_worker
-        def measure():
-            return model.measure(live, target)
+        def show(report):
+            if seq == self._seq:  # a measure of an earlier view is stale
+                self._show(report)
 
-        worker = measure()
-        worker.returned.connect(self._show)
-        worker.errored.connect(
-            lambda e: self.measures.setText(f"<i>{' '.join(str(e).split())}</i>")
-        )
-        self._worker = worker
-        worker.start()
+        def failed(exc):
+            if seq == self._seq:
+                self.measures.setText(f"<i>{' '.join(str(exc).split())}</i>")
+
+        self._worker = in_thread(lambda: model.measure(live, target), show, failed)
 
     def _show(self, report) -> None:
         self.report = report
@@ -154,8 +160,11 @@ class QAWidget(QWidget):
                 ax.annotate("", xy=(v[0], v[1]), xytext=(0, 0),
                             arrowprops={"arrowstyle": "->", "color": COLOURS[name], "lw": 2})  # fmt: skip
             ax.plot([], [], color=COLOURS[name], lw=2, label=f"{name} stain vectors")
-        ax.set_xlabel("optical density, stain plane axis 1")
-        ax.set_ylabel("axis 2")
+        ax.axhline(0, color="0.8", lw=0.5)
+        ax.axvline(0, color="0.8", lw=0.5)
+        ax.set_xlabel("optical density on the target's stain plane, axis 1", fontsize=7)
+        ax.set_ylabel("axis 2", fontsize=7)
+        ax.tick_params(labelsize=6)
         ax.legend(fontsize=6, loc="best")
         self.canvas.draw_idle()
 
