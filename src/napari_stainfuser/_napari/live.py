@@ -23,7 +23,7 @@ import weakref
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..engine import NEARBY, VISIBLE
+from ..engine import BACKGROUND, NEARBY, VISIBLE
 from .viewport import View, level_geometries
 
 REFRESH_MS = 100
@@ -206,6 +206,9 @@ class LiveResult:
         level.request(*box, VISIBLE)
         level.request(*ring, NEARBY)
         level.cancel_pending(keep=ring)
+        # The coarsest level is a few tiles: it makes the layer's thumbnail.
+        lowest = self.pyramid.levels[-1]
+        lowest.request(0, lowest.plan.shape[0], 0, lowest.plan.shape[1], BACKGROUND)
         self.last_request = (k, box, time.perf_counter())
 
     # -- tiles landing ----------------------------------------------------------------

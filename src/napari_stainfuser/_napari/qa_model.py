@@ -4,9 +4,10 @@ No Qt here. :meth:`QAModel.measure` reads the visible region of both layers
 (the result's ready tiles only) and computes what the widget shows; it is
 meant to run off the UI thread.
 
-- **Structure kept**: SSIM between the source's and the result's hematoxylin
-  (Ruifrok H&E deconvolution of each), over the visible tissue. 1 is
-  identical structure; higher is better.
+- **Structure kept**: SSIM between the source's and the result's hematoxylin,
+  each unmixed with its own stain vectors (the source's and the target's
+  fitted ones; Ruifrok's H&E for methods without vectors), over the view.
+  1 is identical structure; higher is better.
 - **Colour match**: ΔE2000 between the mean CIELAB colour of the result's
   tissue and of the target's tissue (and the source's, for comparison).
   Below about 2 a person cannot tell them apart; lower is better.
@@ -151,8 +152,11 @@ class QAModel:
             return report
         out = np.where(tissue[..., None], res[..., :3], src)
         if min(src.shape[:2]) > 16 and report.filled >= 1.0:
-            h_src = rgb_to_stains(src)[..., 0].numpy()
-            h_res = rgb_to_stains(out)[..., 0].numpy()
+            # Each image unmixed with its own stain vectors (the source's and the target's,
+            # when the method has them), so the measure is the structure, not the colour.
+            src_m, res_m = _stain_matrices(live.pyramid.stainer)
+            h_src = rgb_to_stains(src, src_m)[..., 0].numpy()
+            h_res = rgb_to_stains(out, res_m)[..., 0].numpy()
             rng = float(max(h_src.max(), h_res.max()) - min(h_src.min(), h_res.min())) or 1.0
             report.ssim_hematoxylin = ssim(h_src, h_res, data_range=rng)
         if target is not None:
@@ -236,6 +240,16 @@ class QAModel:
         path = Path(path)
         write_png_atomic(path, np.asarray(canvas))
         return path
+
+
+def _stain_matrices(stainer):
+    """(source, result) stain matrices: the fitted ones, else Ruifrok's H&E."""
+    out = []
+    for attr in ("source_state", "target_state"):
+        state = getattr(stainer, attr, None)
+        m = None if state is None else state.get("stain_matrix")
+        out.append("he" if m is None else m.cpu().numpy())
+    return tuple(out)
 
 
 def _mean_tissue_lab(target):

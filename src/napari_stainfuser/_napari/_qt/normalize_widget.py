@@ -141,10 +141,20 @@ class NormalizationWidget(QWidget):
 
         self.source = QComboBox()
         self.kind = QComboBox()
+        for box in (self.source, self.kind):
+            box.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+            )
+            box.setMinimumContentsLength(12)
         for k in TARGET_KINDS:
             self.kind.addItem(KIND_LABELS[k], k)
         self.target_layer = QComboBox()
         self.target_shapes = QComboBox()
+        for box in (self.target_layer, self.target_shapes):
+            box.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+            )
+            box.setMinimumContentsLength(12)
         self.target_file = _PathRow(
             "Target picture or stain preset",
             "Images and presets (*.png *.jpg *.jpeg *.tif *.tiff *.json);;All files (*)",

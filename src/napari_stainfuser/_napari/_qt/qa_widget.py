@@ -7,6 +7,9 @@ thread after the view settles), and a before/after PNG of the view.
 
 from __future__ import annotations
 
+import html
+
+import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import Qt, QTimer
@@ -41,7 +44,12 @@ class QAWidget(QWidget):
         self.report = None
 
         self.result = QComboBox()
-        self.side = QCheckBox("side by side (linked cameras)")
+        self.result.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.result.setMinimumContentsLength(12)
+        self.side = QCheckBox("side by side")
+        self.side.setToolTip("source and result in a grid, cameras linked")
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, 100)
         self.slider.setValue(100)
@@ -49,6 +57,7 @@ class QAWidget(QWidget):
         self.figure = Figure(figsize=(3.2, 2.6), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(220)
+        self.canvas.setMinimumWidth(160)
         self.measures = QLabel("")
         self.measures.setWordWrap(True)
         self.export_button = QPushButton("Export before/after PNG…")
@@ -67,6 +76,8 @@ class QAWidget(QWidget):
         lay.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        # As wide as the dock: the measures wrap instead of scrolling sideways.
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(inner)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -148,7 +159,7 @@ class QAWidget(QWidget):
 
     def _show(self, report) -> None:
         self.report = report
-        self.measures.setText("<br>".join(report.lines()))
+        self.measures.setText("<br>".join(html.escape(line) for line in report.lines()))
         ax = self.figure.gca() if self.figure.axes else self.figure.add_subplot(111)
         ax.clear()
         for name, pts in report.points.items():
@@ -160,6 +171,13 @@ class QAWidget(QWidget):
                 ax.annotate("", xy=(v[0], v[1]), xytext=(0, 0),
                             arrowprops={"arrowstyle": "->", "color": COLOURS[name], "lw": 2})  # fmt: skip
             ax.plot([], [], color=COLOURS[name], lw=2, label=f"{name} stain vectors")
+        ends = [v for vecs in report.vectors.values() for v in vecs]
+        ends += [p for pts in report.points.values() for p in (pts.min(0), pts.max(0))]
+        if ends:
+            lo, hi = np.min(ends, axis=0), np.max(ends, axis=0)
+            pad = 0.05 * (hi - lo + 1e-6)
+            ax.set_xlim(min(lo[0], 0) - pad[0], hi[0] + pad[0])
+            ax.set_ylim(min(lo[1], 0) - pad[1], max(hi[1], 0) + pad[1])
         ax.axhline(0, color="0.8", lw=0.5)
         ax.axvline(0, color="0.8", lw=0.5)
         ax.set_xlabel("optical density on the target's stain plane, axis 1", fontsize=7)
