@@ -329,7 +329,7 @@ def test_screenshots_of_the_widgets_and_a_half_filled_live_result(viewer, tmp_pa
     w.live_button.click()  # the one click after the target is chosen
     assert pump(60, lambda: w.live is not None), w.status.text()
     live = w.live
-    assert pump(60, lambda: 0.0 < live.filled_fraction())
+    assert pump(60, lambda: live.filled_fraction() > 0.0)
     pump(0.15)  # one coalesced refresh
     half = live.filled_fraction()
     screenshot(viewer, tmp_path, "widget-and-half-filled-live-result.png")
