@@ -1,11 +1,12 @@
 """Lazy stained pyramids through the engine, the result store and the disk cache."""
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from napari_stainfuser.engine import VISIBLE, Engine
+from napari_stainfuser.engine import BACKGROUND, NEARBY, VISIBLE, Engine
 from napari_stainfuser.job import SlideJob
 from napari_stainfuser.slide import open_slide
 from napari_stainfuser.slide.pyramid import build_pyramid
@@ -79,6 +80,48 @@ def test_request_returns_at_once_and_tiles_land_in_the_store(crop):
         np.testing.assert_array_equal(
             level.region(10, 20, 30, 40), norm.inner.transform(crop)[10:20, 30:40]
         )
+
+
+class Gated:
+    """A stainer that holds its first call until the test opens the gate, and
+    records the tiles it stains in the order it stains them."""
+
+    def __init__(self, inner):
+        self.inner, self.spec = inner, inner.spec
+        self.entered, self.gate, self.seen = threading.Event(), threading.Event(), []
+
+    def stain(self, tiles, noise=None):
+        self.entered.set()
+        assert self.gate.wait(30)
+        self.seen.extend(np.asarray(t).copy() for t in tiles)
+        return self.inner.stain(tiles, noise=noise)
+
+
+def test_a_ring_asked_for_after_the_view_does_not_demote_the_view(crop):
+    # A live layer asks for the visible box at VISIBLE, then a ring around it
+    # (which contains the box) at NEARBY: the box's tiles must stay first.
+    norm = Gated(make_stainer("reinhard", TARGET, slide=crop, **FAST))
+    plan = TilePlan(crop, norm.spec, tile=256)
+    assert plan.grid.n_rows == 3 and plan.grid.n_cols == 4
+    with Engine(norm, batch_size=1) as engine:
+        level = StainedLevel(plan, engine, ResultStore(), batch_size=1)
+        hold = level.tile_future(2, 3, BACKGROUND)
+        assert norm.entered.wait(30)
+        view = level.request(256, 512, 256, 768, VISIBLE)
+        ring = level.request(0, 768, 0, 1024, NEARBY)
+        norm.gate.set()
+        for f in [hold, *view, *ring]:
+            f.result(30)
+    order = [
+        next(
+            rc
+            for rc in np.ndindex(3, 4)
+            if np.array_equal(t, plan.tile_input(*rc).transpose(2, 0, 1))
+        )
+        for t in norm.seen
+    ]
+    assert order[0] == (2, 3)
+    assert sorted(order[1:3]) == [(1, 1), (1, 2)], order
 
 
 def test_the_disk_cache_serves_a_second_session_without_the_stainer(crop, tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import OrderedDict
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
@@ -31,6 +32,10 @@ SETTLE_MS = 60
 # Requests larger than this many pixels per side are answered transparent:
 # napari never asks a multiscale level for more than the screen.
 MAX_SIDE = 8192
+# Composed blocks kept per level, so a slice is mostly copies: a pan re-slices
+# the same blocks many times, and composing one (blend, resample, alpha) costs
+# milliseconds of UI time.
+BLOCK_CACHE_BYTES = 256 * 2**20
 
 
 class LiveLevel:
@@ -45,7 +50,14 @@ class LiveLevel:
         h, w = self.plan.shape
         self.shape = (h, w, 4)
         self.block = self.plan.grid.step if self.plan.factor == 1.0 else 256
+        # napari widens its view to chunk boundaries and re-slices a multiscale
+        # layer only when the view leaves them; without chunks it re-slices on
+        # every camera step of a pan. 256 (not the tile step): a wider texture
+        # makes each crossing cost more than the re-slices it saves.
+        self.chunks = (256, 256, 4)
         self.on_miss = on_miss
+        self._blocks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cached_bytes = 0
 
     @property
     def size(self) -> int:
@@ -78,23 +90,49 @@ class LiveLevel:
         missing = []
         for by in range(y0 // b * b, y1, b):
             for bx in range(x0 // b * b, x1, b):
-                box = (max(by, y0), min(by + b, y1), max(bx, x0), min(bx + b, x1))
-                tiles = self.plan.tiles_for(*box)
-                if not tiles:
-                    continue  # glass: transparent, the source shows through
-                ready = {rc: self.level.ready(*rc) for rc in tiles}
-                absent = [rc for rc, t in ready.items() if t is None]
-                if absent:
-                    missing.extend(absent)
-                    continue
-                part = self.plan.assemble_rgba(*box, lambda r, c, d=ready: d[r, c].tile)
-                out[box[0] - y0 : box[1] - y0, box[2] - x0 : box[3] - x0] = part
+                block = self._block(by, bx, missing)
+                if block is None:
+                    continue  # glass, or not ready: transparent, the source shows through
+                sy, sx = slice(max(by, y0), min(by + b, y1)), slice(max(bx, x0), min(bx + b, x1))
+                out[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0] = block[
+                    sy.start - by : sy.stop - by, sx.start - bx : sx.stop - bx
+                ]
         if missing:
+            # NEARBY, not VISIBLE: napari slices on every step of a pan, and the
+            # views it passes through must not queue ahead of the one the camera
+            # comes to rest on (LiveResult.follow_view asks for that at VISIBLE).
             for rc in dict.fromkeys(missing):
-                self.level.tile_future(*rc, VISIBLE)
+                self.level.tile_future(*rc, NEARBY)
             if self.on_miss is not None:
                 self.on_miss()
         return out
+
+    def _block(self, by: int, bx: int, missing: list) -> np.ndarray | None:
+        """The composed block at (by, bx), once all its tiles are ready; else None,
+        with the absent tiles added to ``missing``. Ready tiles never change (a new
+        target or method makes a new store), so a composed block stays valid."""
+        key = (by, bx)
+        block = self._blocks.get(key)
+        if block is not None:
+            self._blocks.move_to_end(key)
+            return block
+        h, w = self.plan.shape
+        box = (by, min(by + self.block, h), bx, min(bx + self.block, w))
+        tiles = self.plan.tiles_for(*box)
+        if not tiles:
+            return None
+        ready = {rc: self.level.ready(*rc) for rc in tiles}
+        absent = [rc for rc, t in ready.items() if t is None]
+        if absent:
+            missing.extend(absent)
+            return None
+        block = self.plan.assemble_rgba(*box, lambda r, c: ready[r, c].tile)
+        self._blocks[key] = block
+        self._cached_bytes += block.nbytes
+        while self._cached_bytes > BLOCK_CACHE_BYTES:
+            _, old = self._blocks.popitem(last=False)
+            self._cached_bytes -= old.nbytes
+        return block
 
     def filled_fraction(self, y0: int, y1: int, x0: int, x1: int) -> float:
         """The share of the box's tissue tiles that are ready (1.0 when there is none)."""
@@ -228,7 +266,7 @@ class LiveResult:
 
     def _do_refresh(self) -> None:
         if not self._closed:
-            self.layer.refresh()
+            self.layer.refresh(extent=False)  # tiles landing never change the extent
 
     def filled_fraction(self) -> float:
         k, box = self.visible_box()

@@ -32,6 +32,7 @@ from .viewport import View
 TARGET_KINDS = ("layer", "region", "preset", "file")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 THUMB = 96
+LIVE_BATCH = 2
 
 
 @dataclass
@@ -143,14 +144,20 @@ class NormalizationModel:
             opts["precision"] = self.precision
         return opts
 
-    def job(self, target=None):
-        """The :class:`~napari_stainfuser.job.SlideJob` of the current choices (checked)."""
+    def job(self, target=None, live: bool = False):
+        """The :class:`~napari_stainfuser.job.SlideJob` of the current choices (checked).
+
+        live: for a live layer. Per-pixel methods then stain LIVE_BATCH tiles per
+        call: a pan waits for the batch in progress, and a lookup table gains
+        nothing from bigger batches.
+        """
         from ..job import SlideJob
 
         slide = layer_slide(self.source_layer())
+        batch = LIVE_BATCH if live and self.method in CLASSICAL else None
         return SlideJob.create(
             slide, method=self.method, target=self.target() if target is None else target,
-            device=self.device, seed=self.seed, **self.stainer_options(),
+            device=self.device, seed=self.seed, batch_size=batch, **self.stainer_options(),
         )  # fmt: skip
 
     # -- what the widget shows of a target ------------------------------------------------

@@ -200,13 +200,18 @@ class Engine:
             self._push(req, priority)
             return req.future
 
-    def prioritise(self, keys: Iterable[Hashable], priority: float) -> int:
-        """Move queued requests to ``priority`` (either way); returns how many moved."""
+    def prioritise(
+        self, keys: Iterable[Hashable], priority: float, raise_only: bool = False
+    ) -> int:
+        """Move queued requests to ``priority`` (either way, or with ``raise_only``
+        only those now behind it); returns how many moved."""
         n = 0
         with self._cv:
             for key in keys:
                 req = self._pending.get(key)
-                if req is not None and req.priority != priority:
+                if req is None or (raise_only and req.priority <= priority):
+                    continue
+                if req.priority != priority:
                     self._push(req, priority)
                     n += 1
         return n

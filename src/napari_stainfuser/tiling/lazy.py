@@ -146,7 +146,9 @@ class StainedLevel:
         with self._lock:
             fut = self._inflight.get(rc)
             if fut is not None and not fut.cancelled():
-                self.engine.prioritise([self._engine_key(rc)], priority)
+                # Only ever raised here: asking for a ring at NEARBY must not
+                # demote the visible tiles inside it.
+                self.engine.prioritise([self._engine_key(rc)], priority, raise_only=True)
                 return fut
             if self.cache is not None and self.cache.has(r, c):
                 # Decoding from disk is I/O too: not on the caller's thread.

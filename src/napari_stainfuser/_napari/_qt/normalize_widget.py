@@ -379,7 +379,7 @@ class NormalizationWidget(QWidget):
         def open_job():
             from ...tiling.lazy import ResultPyramid
 
-            return ResultPyramid(model.job(target))
+            return ResultPyramid(model.job(target, live=True))
 
         self.status.setText(f"fitting {model.method} and opening {source.name} …")
         self._worker = in_thread(
