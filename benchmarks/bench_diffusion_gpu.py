@@ -1,8 +1,10 @@
 """StainFuser on a GPU, full SD2.1-base size, random weights, 512² tiles.
 
 Anchor: the official setting, re-implemented in _diffusion_common.py
-(`official_stain`): fp32 weights under fp16 autocast, batch 8, 20 PNDM steps,
-the target VAE-encoded for every batch, stock diffusers attention.
+(`official_stain`): batch 8, 20 PNDM steps, the target VAE-encoded for every
+batch, stock diffusers attention; in fp32 (the official default) and with the
+official ``--fp16`` option (fp32 weights under fp16 autocast), against which
+our speed-up is stated.
 
 Ours, on the same weights: fp16 weights, channels-last, the target encoded
 once per slide, the source embedding and the target's cross-attention
@@ -104,7 +106,27 @@ def main(argv=None) -> int:
     rows = []
     n_pndm = evaluations(configs.scheduler, args.steps, "pndm")
 
-    precision = "fp16 autocast" if amp else "fp32"
+    if amp is not None:
+        rows.append(
+            measure(
+                f"official: PNDM {args.steps}, fp32 (its default)",
+                functools.partial(
+                    official_stain,
+                    official,
+                    configs.scheduler,
+                    tiles_dev,
+                    target_dev,
+                    args.steps,
+                    noise_dev,
+                    None,
+                ),
+                device,
+                args.batch,
+                args.repeats,
+                n_pndm,
+            )  # fmt: skip
+        )
+    precision = "fp16 autocast (its --fp16)" if amp else "fp32"
     rows.append(
         measure(
             f"official: PNDM {args.steps}, {precision}",
@@ -185,7 +207,8 @@ def main(argv=None) -> int:
         f"torch {torch.__version__}, {args.repeats} timed batches per row"
     )
     print(f"{'setting':34} {'tiles/s':>8} {'ms/eval':>8} {'peak GiB':>9} {'warm-up s':>10}")
-    base = rows[0]["tiles_per_s"]
+    # Ratios are to the fastest official setting (with --fp16 on a GPU).
+    base = [r for r in rows if r["name"].startswith("official")][-1]["tiles_per_s"]
     for r in rows:
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "n/a"
         print(
@@ -195,7 +218,8 @@ def main(argv=None) -> int:
     same_steps = [r for r in rows if r["name"].startswith("ours: PNDM")]
     best = max(same_steps, key=lambda r: r["tiles_per_s"])
     print(
-        f"ours at the official steps vs official: {best['tiles_per_s'] / base:.2f}x (target >= 2x)"
+        f"ours at the official steps vs the fastest official setting: {best['tiles_per_s'] / base:.2f}x "
+        "(target >= 2x)"
     )
     return 0
 

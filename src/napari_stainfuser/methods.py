@@ -18,3 +18,7 @@ SAMPLER_ALIASES = {
     "dpm-solver++": "dpm++",
     "dpmpp": "dpm++",
 }
+
+# StainFuser's preprocessing: ours (deterministic, tile-independent) or the
+# official WSI script's (see napari_stainfuser.diffusion.official).
+PREPROCESS = ("ours", "official")

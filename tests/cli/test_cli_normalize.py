@@ -59,6 +59,12 @@ sys.exit(rc)
         (["--method", "stainfuser", "--steps", "0"], "--steps: must be in 1..1000, got 0"),
         (["--method", "stainfuser", "--steps", "-3"], "--steps: must be in 1..1000, got -3"),
         (["--method", "stainfuser", "--sampler", "heun"], "valid: pndm, ddim, dpm++, euler"),
+        (["--preprocess", "official"], "--preprocess: applies to diffusion methods"),
+        (["--method", "stainfuser", "--preprocess", "paper"], "valid: ours, official"),
+        (
+            ["--method", "stainfuser", "--preprocess", "official", "--precision", "bf16"],
+            "--precision bf16: --preprocess official runs in fp32",
+        ),
         (["--method", "fancy"], "--method: 'fancy' is unknown; valid: macenko"),
         (["--device", "gpu"], "--device: 'gpu' is not a device"),
         (["--level", "-1"], "--level: must be at least 0"),

@@ -23,8 +23,12 @@ def raises_one_line(match):
     assert "\n" not in str(info.value)
 
 
-def test_tile_size_not_divisible_by_8(model):
-    model.set_target(np.full((64, 64, 3), 200, np.uint8))
+def target_u8(ref):
+    return (ref["target"][0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def test_tile_size_not_divisible_by_8(model, ref):
+    model.set_target(target_u8(ref))
     with raises_one_line("tiles size 60×64 is not divisible by 8"):
         model.stain(torch.zeros((1, 3, 60, 64), dtype=torch.uint8))
     with raises_one_line("source size 64×36 is not divisible by 8"):
@@ -33,11 +37,24 @@ def test_tile_size_not_divisible_by_8(model):
         StainFuser.load(REF_DIR / "checkpoint.safetensors", tile_size=60)
 
 
-def test_target_smaller_than_latent_grid(model):
-    with raises_one_line(r"target 32×64 is smaller than the model's latent grid \(64×64 px"):
-        model.set_target(np.full((32, 64, 3), 200, np.uint8))
+def test_target_smaller_than_64_px_or_without_tissue(model, ref):
+    with raises_one_line("target: 32×64 px is smaller than 64 px a side"):
+        model.set_target(target_u8(ref)[:32])
+    # The low-level API takes tensors as given: they must fill the latent grid.
     with raises_one_line("smaller than the model's latent grid"):
         model.encode_target(torch.rand(1, 3, 56, 64))
+    with raises_one_line("target: no tissue in the"):
+        model.set_target(np.full((64, 64, 3), 200, np.uint8))
+    with raises_one_line("target: no tissue in the"):
+        model.set_target(np.full((80, 80, 3), 255, np.uint8))
+
+
+def test_a_mostly_glass_target_is_used_with_a_warning(model, ref, caplog):
+    glass = np.full((64, 128, 3), 245, np.uint8)
+    glass[:, :40] = target_u8(ref)[:, :40]
+    with caplog.at_level("WARNING"):
+        model.set_target(glass)
+    assert any("is tissue; the rest is glass" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

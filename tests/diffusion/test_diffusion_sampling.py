@@ -150,3 +150,28 @@ def test_tile_size_below_the_latent_grid_still_gets_a_full_grid_target(ref):
     tiles = (ref["source"][:, :, :32, :32] * 255).to(torch.uint8)
     out = model.stain(tiles).tiles
     assert out.shape == tiles.shape and out.dtype == torch.uint8
+
+
+def test_a_target_smaller_than_the_latent_grid_is_scaled_up(tmp_path, ref):
+    # A model whose latent grid is 128 px (16² latents): a 64×100 target, once
+    # refused, is scaled up bilinearly until its short side fills the grid
+    # (128×200), then centre-cropped to the grid as any larger target is.
+    import json
+    import shutil
+
+    import torch.nn.functional as F
+
+    for name in ("vae_config.json", "scheduler_config.json"):
+        shutil.copy(REF_DIR / name, tmp_path / name)
+    unet = json.loads((REF_DIR / "unet_config.json").read_text())
+    unet["sample_size"] = 16
+    (tmp_path / "unet_config.json").write_text(json.dumps(unet))
+    model = StainFuser.from_configs(tmp_path, init_seed=0)
+    assert model.networks.target_size == 128
+    small = (ref["target"][0] * 255).round().to(torch.uint8)[:, :, :64]  # 3×64×64
+    small = torch.cat([small, small[:, :, :36]], dim=2)  # 3×64×100
+    latents = model.set_target(small.permute(1, 2, 0).numpy())
+    assert latents.shape == (1, 4, 16, 16)
+    grown = F.interpolate(small[None].float() / 255, size=(128, 200), mode="bilinear")
+    crop = grown.clamp(0, 1)[..., :, 36:164]
+    torch.testing.assert_close(latents, model.encode_target(crop), rtol=0, atol=1e-5)

@@ -26,6 +26,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--steps", type=int, help="diffusion sampling steps (default: 20)")
     p.add_argument("--precision", help="StainFuser precision: fp32, fp16 (CUDA), bf16")
+    p.add_argument(
+        "--preprocess",
+        help="StainFuser preprocessing: ours (default: deterministic, tile-independent) or "
+        "official (the official WSI script's: batch min-max source, nearest-resized target, "
+        "sampled target latents, fp32)",
+    )
     p.add_argument("--tile", type=int, help="tile size in px, 16-8192 (default: the method's)")
     p.add_argument("--overlap", type=int, help="tile overlap in px (default: the method's)")
     p.add_argument("--level", type=int, default=0, help="pyramid level to stain (default: 0)")
@@ -53,7 +59,7 @@ def run(args) -> int:
     from ..batch.schedulers import parse_scheduler
     from ..job import SlideJob
 
-    params = {} if args.precision is None else {"precision": args.precision}
+    params = {k: v for k in ("precision", "preprocess") if (v := getattr(args, k)) is not None}
     job = SlideJob.create(
         args.slide, method=args.method, target=args.target, weights=args.weights,
         sampler=args.sampler, steps=args.steps, tile=args.tile, overlap=args.overlap,

@@ -6,10 +6,12 @@ is encoded once per :meth:`StainFuser.set_target` and reused for every tile.
 """
 
 import contextlib
+import logging
 import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..devices import resolve_device
 from ..errors import ParameterError
@@ -19,8 +21,15 @@ from .checkpoint import load_weights
 from .configs import ModelConfigs, has_configs, load_configs
 from .lookup import find_weights
 from .networks import StainFuserNetworks, build_networks
+from .official import PREPROCESS, posterior_noise, scale_batch
 from .sampling import denoise, make_sampler
 from .size import ModelSize, model_size
+
+log = logging.getLogger(__name__)
+# Targets smaller than this on a side are refused; larger ones of any size are used.
+MIN_TARGET_SIDE = 64
+# A target with less tissue than this share is used, with a warning.
+MOSTLY_GLASS = 0.5
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -74,6 +83,34 @@ def image_to_unit_tensor(image, name: str = "target") -> torch.Tensor:
     return x.unsqueeze(0).contiguous()
 
 
+def _check_target_tissue(image: np.ndarray) -> None:
+    from ..stain.tissue import tissue_mask
+
+    h, w = image.shape[:2]
+    share = float(tissue_mask(image, name="target").mask.mean())
+    if share == 0.0:
+        raise ParameterError(
+            f"target: no tissue in the {h}×{w} px it is encoded from (glass or a flat "
+            "colour); give a region with stained tissue"
+        )
+    if share < MOSTLY_GLASS:
+        log.warning(
+            "target: only %.0f%% of the %d×%d px it is encoded from is tissue; the rest is glass",
+            100 * share, h, w,
+        )  # fmt: skip
+
+
+def _fill_grid(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """Scale a 1×3×H×W target up, bilinearly, until its short side is at least
+    ``grid`` px; returned unchanged (the same tensor) when it already is."""
+    h, w = x.shape[-2:]
+    if min(h, w) >= grid:
+        return x
+    k = grid / min(h, w)
+    size = (max(grid, round(h * k)), max(grid, round(w * k)))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Decoder output in [-1, 1] -> uint8, exactly as the official scripts convert it."""
     return ((images.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8)
@@ -101,9 +138,21 @@ class StainFuser:
         batch_size: int | None = None,
         channels_last: bool | None = None,
         reuse_across_steps: bool = True,
+        preprocess: str = "ours",
     ):
         # Every option is checked before gigabytes of weights move to the device.
         self.device = resolve_device(device)
+        if preprocess not in PREPROCESS:
+            raise ParameterError(
+                f"preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}"
+            )
+        self.preprocess = preprocess
+        if preprocess == "official" and precision not in (None, "fp32"):
+            raise ParameterError(
+                f"precision {precision!r}: preprocess 'official' runs in fp32, as the official "
+                "script does"
+            )
+        precision = "fp32" if preprocess == "official" else precision
         self.precision = self._resolve_precision(precision)
         make_sampler(sampler, networks.configs.scheduler)
         self.tile_size = int(tile_size or networks.target_size)
@@ -121,6 +170,7 @@ class StainFuser:
         self.batch_size = int(batch_size or (8 if self.device.type == "cuda" else 2))
         self.reuse_across_steps = reuse_across_steps
         self._target_latents: torch.Tensor | None = None
+        self._target_posterior: tuple[torch.Tensor, torch.Tensor] | None = None
         self._target_image: np.ndarray | None = None
         self.checkpoint: str | None = None  # where the weights came from (set by load)
         self.networks = networks.to(self.device).eval().requires_grad_(False)
@@ -279,22 +329,42 @@ class StainFuser:
         self,
         target: torch.Tensor,
         sample: bool = False,
+        noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Target tiles B×3×H×W in [0, 1] -> latents B×C×H/8×W/8 (× scaling_factor).
 
         The target is not rescaled to [-1, 1], as in the official inference.
-        ``sample=False`` takes the posterior mean (deterministic); ``sample=True``
-        draws from it as the official code does.
+        ``sample=False`` takes the posterior mean (deterministic, our default);
+        ``sample=True`` draws from the posterior as the official ``.sample()``
+        does: ``(mean + std · noise) · scaling_factor``, with ``noise`` (B×C×h×w
+        N(0, 1)) if given, else drawn from ``generator``.
         """
+        mean, std = self._posterior(target)
+        if sample:
+            if noise is None:
+                noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
+            elif tuple(noise.shape) != tuple(mean.shape):
+                raise ParameterError(
+                    f"noise must have shape {tuple(mean.shape)}, got {tuple(noise.shape)}"
+                )
+            z = mean + std * noise.to(mean.device, mean.dtype)
+        else:
+            z = mean
+        return (z * self.networks.scaling_factor).float()
+
+    @torch.inference_mode()
+    def _posterior(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior's mean and std (float32) of target tiles in [0, 1]."""
         _check_images(target, "target", self.multiple_of)
         _check_unit_range(target, "target")
         self._latent_grid_check(target)
         vae = self.networks.encoder
         with self._vae_autocast():
             dist = vae.encode(target.to(self.device, vae.dtype)).latent_dist
-            z = dist.sample(generator) if sample else dist.mean
-        return (z * self.networks.scaling_factor).float()
+        # diffusers clamps logvar to [-30, 20] and takes std = exp(logvar / 2), as
+        # the official .sample() does.
+        return dist.mean.float(), dist.std.float()
 
     def _check_source(self, source: torch.Tensor) -> torch.Tensor:
         _check_images(source, "source", self.multiple_of)
@@ -410,27 +480,46 @@ class StainFuser:
     def set_target(self, target) -> torch.Tensor:
         """Encode the style target once; every later :meth:`stain` call reuses it.
 
-        ``target`` is an RGB image (H×W×3 or 3×H×W, uint8 or float in [0, 1]).
-        It is centre-cropped to at most the tile size, as the official code pairs
-        each tile with a target of its own size (512² by default), but never
-        below the model's latent grid (512² for SD2.1-base): a smaller tile size
-        still gets a full-grid target, and a target smaller than the grid is
-        refused. Returns the cached latents.
+        ``target`` is an RGB image (H×W×3 or 3×H×W, uint8 or float in [0, 1]),
+        at least 64 px a side, of any size and aspect. Ours (the default): a
+        target smaller than the model's latent grid (512² for SD2.1-base) is
+        first scaled up, bilinearly, until its short side fills the grid; then
+        it is centre-cropped to at most the tile size, as the official code
+        pairs each tile with a target of its own size. ``preprocess="official"``:
+        resized to the tile size with nearest neighbour (:func:`resize_target`).
+        A target with no tissue is refused; one that is mostly glass is used,
+        with a warning. Returns the latents (the posterior mean).
         """
         x = image_to_unit_tensor(target, "target")
-        self._latent_grid_check(x)
-        f = self.multiple_of
         h, w = x.shape[-2:]
+        if min(h, w) < MIN_TARGET_SIDE:
+            raise ParameterError(
+                f"target: {h}×{w} px is smaller than {MIN_TARGET_SIDE} px a side; "
+                "give a larger region of the target stain"
+            )
         edge = max(self.tile_size, self.networks.target_size)
-        ch, cw = min(h, edge) // f * f, min(w, edge) // f * f
-        top, left = (h - ch) // 2, (w - cw) // 2
-        x = x[..., top : top + ch, left : left + cw]
-        self._target_latents = self.encode_target(x)
+        exact_u8 = getattr(target, "dtype", None) in (np.uint8, torch.uint8)
+        if self.preprocess == "official":
+            if (h, w) != (edge, edge):
+                x = F.interpolate(x, size=(edge, edge), mode="nearest")  # = resize_target
+        else:
+            grown = _fill_grid(x, self.networks.target_size)
+            exact_u8 = exact_u8 and grown is x
+            x = grown
+            f = self.multiple_of
+            h, w = x.shape[-2:]
+            ch, cw = min(h, edge) // f * f, min(w, edge) // f * f
+            top, left = (h - ch) // 2, (w - cw) // 2
+            x = x[..., top : top + ch, left : left + cw]
+        # What is encoded must be tissue: the centre crop, or the whole resized target.
+        _check_target_tissue((x[0].permute(1, 2, 0) * 255.0).round().to(torch.uint8).numpy())
+        mean, std = self._posterior(x)
+        self._target_posterior = (mean, std)
+        self._target_latents = (mean * self.networks.scaling_factor).float()
+        # Kept as encoded (uint8 stays uint8), so a rebuilt model encodes the same latents.
         crop = x[0].permute(1, 2, 0)
-        # Kept exactly as given (uint8 stays uint8), so a rebuilt model encodes the same latents.
-        is_u8 = getattr(target, "dtype", None) in (np.uint8, torch.uint8)
         self._target_image = (
-            (crop * 255.0).round().to(torch.uint8).numpy() if is_u8 else crop.numpy().copy()
+            (crop * 255.0).round().to(torch.uint8).numpy() if exact_u8 else crop.numpy().copy()
         )
         return self._target_latents
 
@@ -450,6 +539,7 @@ class StainFuser:
             "steps": self.steps, "sampler": self.sampler, "precision": self.precision,
             "tile_size": self.tile_size, "overlap": self.overlap, "work_mpp": self.work_mpp,
             "batch_size": self.batch_size, "reuse_across_steps": self.reuse_across_steps,
+            "preprocess": self.preprocess,
         }  # fmt: skip
         return StainerRecipe(
             "stainfuser", self._target_image, self.checkpoint, str(self.device), self.seed,
@@ -482,10 +572,17 @@ class StainFuser:
         out = []
         for start in range(0, b, self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            source = tiles[chunk].to(self.device).float() / 255.0
+            if self.preprocess == "official":
+                source = scale_batch(tiles[chunk]).to(self.device)
+                mean, std = self._target_posterior
+                draw = posterior_noise(self.seed, noise[chunk]).to(mean.device)
+                latents = (mean + std * draw) * self.networks.scaling_factor
+            else:
+                source = tiles[chunk].to(self.device).float() / 255.0
+                latents = self._target_latents
             images = self.sample(
                 source,
-                self._target_latents,
+                latents,
                 steps=self.steps,
                 sampler=self.sampler,
                 init_noise=noise[chunk],

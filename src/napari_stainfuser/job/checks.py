@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ParameterError, SlideReadError, opt
-from ..methods import CLASSICAL, DIFFUSION, METHODS, SAMPLER_ALIASES, SAMPLERS
+from ..methods import CLASSICAL, DIFFUSION, METHODS, PREPROCESS, SAMPLER_ALIASES, SAMPLERS
 
 MAX_STEPS = 1000
 MAX_BATCH = 256
@@ -99,18 +99,18 @@ def check_slide(slide):
 
 # Options whose None means "not given" (the command line passes None for a flag
 # left out); any other option keeps its None (StainFuser's ``mpp=None``: any µm/px).
-_UNSET_IF_NONE = ("sampler", "steps", "precision", "batch_size")
+_UNSET_IF_NONE = ("sampler", "steps", "precision", "batch_size", "preprocess")
 
 
 def stainer_options(method: str, params: dict) -> dict:
     """A method's options with the diffusion ones checked."""
     params = {k: v for k, v in params.items() if not (v is None and k in _UNSET_IF_NONE)}
     if method in CLASSICAL:
-        for name in ("sampler", "steps"):
+        for name in ("sampler", "steps", "preprocess"):
             if name in params:
                 raise ParameterError(
                     f"{opt(name)}: applies to diffusion methods ({', '.join(DIFFUSION)}), "
-                    f"not to {method}, which has no sampling steps"
+                    f"not to {method}, which maps colours pixel by pixel"
                 )
         return params
     if "sampler" in params:
@@ -119,6 +119,14 @@ def stainer_options(method: str, params: dict) -> dict:
         params["steps"] = check_int(params["steps"], "steps", 1, MAX_STEPS)
     if "batch_size" in params:
         params["batch_size"] = check_int(params["batch_size"], "batch_size", 1, MAX_BATCH)
+    if "preprocess" in params:
+        params["preprocess"] = check_choice(params["preprocess"], "preprocess", PREPROCESS)
+        precision = params.get("precision")
+        if params["preprocess"] == "official" and precision not in (None, "fp32"):
+            raise ParameterError(
+                f"{opt('precision')} {precision}: {opt('preprocess')} official runs in fp32, "
+                "as the official script does"
+            )
     return params
 
 
