@@ -174,6 +174,7 @@ def _run(job, output: OutputSpec, cluster, report, resume: bool, overwrite: bool
     step(report, "pyramid")
     pyr.finalize()
     pyr.group.attrs[FINGERPRINT_KEY] = fingerprint
+    pyr.provenance = opened.provenance()
     step(report, "write")
     if output.format == "ome-zarr":
         if stored_codec[0] != output.compression:
@@ -232,6 +233,7 @@ def _recompress(pyr: ZarrPyramid, work: Path, compression) -> Path:
         da.store(src, new.extra_levels[name][0], lock=False)
     new.finalize()
     new.group.attrs[FINGERPRINT_KEY] = pyr.group.attrs[FINGERPRINT_KEY]
+    new.provenance = pyr.provenance
     return dst
 
 

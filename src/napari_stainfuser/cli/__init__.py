@@ -34,7 +34,23 @@ def _cmd_info(args) -> int:
             print(f"  {name}: {img.shape[1]} × {img.shape[0]} px")
     else:
         print("associated images: none")
+    prov = slide.provenance
+    if prov is None:
+        print("provenance: none (not written by napari-stainfuser)")
+    else:
+        print("provenance:")
+        for line in _flatten(prov):
+            print(f"  {line}")
     return 0
+
+
+def _flatten(value, prefix: str = ""):
+    """``a.b: value`` lines of a nested JSON object, in key order."""
+    if isinstance(value, dict) and value:
+        for k in sorted(value):
+            yield from _flatten(value[k], f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield f"{prefix}: {value}"
 
 
 def _fmt(value, pattern: str) -> str:

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from ..errors import StainEstimationError
+from ..fingerprint import array_digest, file_digest
 from ..progress import step
 from ..stainers import portable, stainer_identity, warm_up
 from .source import SlideSource, open_source
@@ -105,6 +109,45 @@ class OpenJob:
         }
         return json.loads(json.dumps(ident))
 
+    def provenance(self) -> dict:
+        """How the output is made, as a JSON object recorded in the output file
+        (see :mod:`napari_stainfuser.slide.provenance`)."""
+        import json
+
+        from ..slide.provenance import software
+        from ..stainers import StainerRecipe, recipe_of, stainer_identity
+
+        job, stainer = self.job, self.stainer
+        ident = stainer_identity(stainer)
+        recipe = job.stainer if isinstance(job.stainer, StainerRecipe) else recipe_of(stainer)
+        weights = None
+        if recipe is not None and recipe.weights:
+            w = Path(recipe.weights)
+            weights = {"name": w.name, "digest": file_digest(w) if w.is_file() else None}
+        diffusion = recipe is not None and not recipe.classical
+        record = {
+            "software": software(),
+            "method": ident.get("method") or (recipe.method if recipe else None),
+            "parameters": ident.get("params", {}),
+            "target": _target_record(recipe.target if recipe is not None else None),
+            "weights": weights,
+            "seed": job.seed,
+            "sampler": getattr(stainer, "sampler", None) if diffusion else None,
+            "steps": getattr(stainer, "steps", None) if diffusion else None,
+            "preprocess": getattr(stainer, "preprocess", None) if diffusion else None,
+            "input": {
+                **self.source.identity(),
+                "mpp": self.source.level_mpp(0),
+                "magnification": getattr(self.source.slide, "magnification", None),
+            },
+            "level": self.level,
+            "tile": self.plan.tile,
+            "overlap": self.plan.tile - self.plan.grid.step,
+            "window": job.window,
+            "tissue": job.tissue,
+        }
+        return json.loads(json.dumps(record, default=str))
+
     def state(self) -> OpenedState:
         """What opening found, to open the same job elsewhere without reading the slide."""
         mask = None if self.tissue is None else self.tissue.mask
@@ -153,3 +196,28 @@ def _with_slide_statistics(stainer, src: SlideSource):
         fitted.source_state = fitted.target_state
         fitted.source_name = f"{name} (no tissue)"
     return fitted
+
+
+def _target_record(target) -> dict | None:
+    """What the output's stain came from: its kind, file name and a digest."""
+    if target is None:
+        return None
+    from ..targets import target_kind
+
+    try:
+        kind = target_kind(target)
+    except Exception:
+        kind = type(target).__name__
+    if isinstance(target, (str, Path)):
+        p = Path(target)
+        return {"kind": kind, "name": p.name, "digest": file_digest(p) if p.is_file() else None}
+    if isinstance(target, np.ndarray):
+        return {"kind": kind, "shape": list(target.shape), "digest": array_digest(target)}
+    if isinstance(target, tuple):
+        return {"kind": kind, "digest": [array_digest(np.asarray(t)) for t in target]}
+    stats = getattr(target, "target", None)  # fitted statistics (a preset, a slide)
+    if isinstance(stats, dict):
+        digests = {k: array_digest(np.asarray(v)) for k, v in stats.items() if v is not None}
+        return {"kind": kind, "name": getattr(target, "target_name", None), "digest": digests}
+    path = getattr(target, "path", None)  # an opened slide
+    return {"kind": kind, "name": Path(path).name if path else None, "digest": None}

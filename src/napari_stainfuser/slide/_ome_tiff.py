@@ -19,6 +19,7 @@ import tifffile
 import zarr
 
 from ..errors import ParameterError
+from .provenance import ome_annotation
 
 # Tiles read from zarr per block: enough for zarr to decode chunks
 # concurrently, small enough that memory does not depend on the slide width.
@@ -98,11 +99,13 @@ def write_ome_tiff(
     compression: str | None,
     quality: int = 90,
     name: str = "image",
+    provenance: dict | None = None,
 ) -> None:
     """Write (3, Y, X) uint8 zarr levels as one pyramidal OME-TIFF at `path` (not atomic).
 
     (Y, X) levels (a label image or a float map) are written as one
-    greyscale plane of their own dtype.
+    greyscale plane of their own dtype. `provenance` goes into an OME-XML
+    MapAnnotation (see :mod:`napari_stainfuser.slide.provenance`).
     """
     plane = levels[0].ndim == 2
     if plane and compression == "jpeg":
@@ -125,6 +128,9 @@ def write_ome_tiff(
         metadata.update(
             PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp, PhysicalSizeYUnit="µm"
         )
+
+    if provenance is not None:
+        metadata.update(ome_annotation(provenance))
 
     def resolution(k: int) -> dict:
         if mpp is None:

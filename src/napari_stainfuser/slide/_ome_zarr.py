@@ -26,6 +26,7 @@ import zarr
 from zarr.codecs import GzipCodec, ZstdCodec
 
 from ..errors import ParameterError, SlideWriteError
+from .provenance import ATTRS_KEY, from_attrs
 from .pyramid import MIN_LEVEL_SIZE, downsample2x, level_shapes
 
 # Our own bookkeeping in the group attributes; the NGFF "ome" key is only
@@ -344,6 +345,18 @@ class ZarrPyramid:
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise SlideWriteError(f"{path}: not a zarr v3 store ({e})") from e
         return cls(group, path)
+
+    @property
+    def provenance(self) -> dict | None:
+        """The provenance record stored with this pyramid, if any."""
+        return from_attrs(self.group.attrs, str(self.path))
+
+    @provenance.setter
+    def provenance(self, record: dict | None) -> None:
+        if record is None:
+            self.group.attrs.pop(ATTRS_KEY, None)
+        else:
+            self.group.attrs[ATTRS_KEY] = record
 
     @property
     def complete(self) -> bool:

@@ -46,6 +46,7 @@ import tifffile
 from ..errors import SlideReadError
 from ._readutil import chunk_for, error, file_key, lazy_level, mpp_from_tiff_resolution, not_rgb
 from ._readutil import region as _region
+from .provenance import from_ome_xml, input_magnification
 
 ASSOCIATED_NAMES = ("thumbnail", "label", "macro")
 APERIO_J2K_YCBCR = 33003  # TIFF Compression value; 33005 is the RGB variant
@@ -73,6 +74,7 @@ class TiffParts:
     magnification: float | None
     associated: dict[str, da.Array]
     sources: list[TiffLevelSource]
+    provenance: dict | None = None
 
 
 def _j2k_decodes_to_rgb(data: bytes) -> bool:
@@ -533,4 +535,7 @@ def open_tiff(path: Path) -> TiffParts:
                 continue  # a broken label or macro must not make the slide unreadable
             associated[name] = lazy_level(source, source.chunks, key, source.ifd)
         mpp, mag = _metadata(tif, fmt, levels[0].keyframe, main)
-    return TiffParts(fmt, arrays, mpp, mag, associated, sources)
+        prov = from_ome_xml(tif.ome_metadata, str(path)) if fmt == "ome-tiff" else None
+    # Our outputs carry the input's magnification in their provenance.
+    mag = mag if mag is not None else input_magnification(prov)
+    return TiffParts(fmt, arrays, mpp, mag, associated, sources, prov)

@@ -17,6 +17,7 @@ import zarr
 
 from ._readutil import error, file_key, lazy_level, not_rgb
 from ._readutil import region as _region
+from .provenance import from_attrs
 
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 # NGFF units are UDUNITS-2 names; these are the spatial ones, in µm.
@@ -36,6 +37,7 @@ _UNIT_UM = {
 class ZarrParts:
     levels: list[da.Array]
     mpp: float | None
+    provenance: dict | None = None
 
 
 def is_zarr_dir(path: Path) -> bool:
@@ -184,4 +186,5 @@ def open_zarr(path: Path) -> ZarrParts:
     mpp = None
     if meta.get("datasets"):
         mpp = _scale_mpp(meta, meta["datasets"][0], meta.get("axes"), axes.index("x"))
-    return ZarrParts(levels, mpp)
+    prov = None if isinstance(node, zarr.Array) else from_attrs(node.attrs, str(path))
+    return ZarrParts(levels, mpp, prov)

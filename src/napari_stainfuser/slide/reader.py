@@ -45,6 +45,7 @@ from ._plain import open_plain
 from ._readutil import error
 from ._tiff import TiffLevelSource, open_tiff
 from ._zarr import open_zarr
+from .provenance import input_magnification
 from .pyramid import MIN_LEVEL_SIZE, build_pyramid
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -62,6 +63,8 @@ class Slide:
     associated: dict[str, da.Array] = field(default_factory=dict)
     downsamples: list[float] = field(default_factory=list)
     native_levels: int = 1  # levels stored in the file; the rest are built lazily
+    # How the file was made, when napari-stainfuser wrote it (see slide.provenance).
+    provenance: dict | None = None
     _tiles: tuple[TiffLevelSource, ...] = field(default=(), compare=False)
 
     @property
@@ -133,8 +136,9 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
         raise error(path, "no such file or directory")
     if path.is_dir():
         parts = open_zarr(path)
-        fmt, levels, mpp, mag, associated = "ome-zarr", parts.levels, parts.mpp, None, {}
-        tiles = ()
+        fmt, levels, mpp, associated = "ome-zarr", parts.levels, parts.mpp, {}
+        prov = parts.provenance
+        mag, tiles = input_magnification(prov), ()
     else:
         try:
             with open(path, "rb") as f:
@@ -143,13 +147,16 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
             raise error(path, f"cannot read file ({exc.strerror or exc})") from exc
         if head[:4] in _TIFF_MAGIC:
             tiff = open_tiff(path)
-            fmt, levels, mpp = tiff.format, tiff.levels, tiff.mpp
+            fmt, levels, mpp, prov = tiff.format, tiff.levels, tiff.mpp, tiff.provenance
             mag, associated, tiles = tiff.magnification, tiff.associated, tuple(tiff.sources)
         elif head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
             fmt, level, mpp = open_plain(path)
-            levels, mag, associated, tiles = [level], None, {}, ()
+            levels, mag, associated, tiles, prov = [level], None, {}, (), None
         else:
             raise error(path, "not a supported image file (not TIFF, PNG, JPEG or OME-Zarr)")
     native = len(levels)
     levels, downsamples = _with_pyramid(levels)
-    return Slide(path, fmt, levels, mpp, mag, associated, downsamples, native, tiles)
+    return Slide(
+        path, fmt, levels, mpp, mag, associated, downsamples, native, provenance=prov,
+        _tiles=tiles,
+    )  # fmt: skip

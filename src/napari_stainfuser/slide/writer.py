@@ -25,6 +25,7 @@ from ..progress import Tracker, step
 from ._ome_tiff import write_ome_tiff
 from ._ome_zarr import ZarrPyramid, check_mpp, check_tile, io_errors
 from .formats import check_compression, check_quality, output_format
+from .provenance import software
 
 __all__ = ["ZarrPyramid", "extra_path", "move_into_place", "write_pyramid", "zarr_to_ome_tiff"]
 
@@ -160,6 +161,7 @@ def _assemble_tiff(
                     compression=codec,
                     quality=quality,
                     name=path.name.split(".")[0],
+                    provenance=pyr.provenance,
                 )
             move_into_place(tmp, path, overwrite=overwrite)
         finally:
@@ -199,6 +201,7 @@ def write_pyramid(
     quality: int = 90,
     overwrite: bool = False,
     progress=None,
+    provenance: dict | None = None,
 ) -> Path:
     """Write a Y×X×3 uint8 image (dask or numpy) as a pyramid; the extension picks the format.
 
@@ -214,9 +217,12 @@ def write_pyramid(
     An existing `path` is replaced only with `overwrite=True`. `progress`, if
     given, receives a :class:`~napari_stainfuser.progress.Progress` ("write",
     rows of level 0 done of all rows) after every strip, then "pyramid" and
-    "done". Returns `path`.
+    "done". `provenance`: a JSON object recorded in the file (see
+    :mod:`~napari_stainfuser.slide.provenance`); the software and its version
+    are always recorded. Returns `path`.
     """
     _check_image(image)
+    record = {**(provenance or {}), "software": software()}
     fmt = output_format(path, "path")
     compression = _check_options(fmt, mpp, tile, compression, quality)
     target = _check_target(path, overwrite)
@@ -236,6 +242,7 @@ def write_pyramid(
             pyr = ZarrPyramid.create(
                 tmp, image.shape, mpp=mpp, tile=tile, compression=compression, name=name
             )
+            pyr.provenance = record
             pyr.write_level0(image, _rows(progress))
             step(progress, "pyramid")
             pyr.finalize()
@@ -256,6 +263,7 @@ def write_pyramid(
             compression_level=_SCRATCH_ZSTD_LEVEL,
             name=name,
         )
+        pyr.provenance = record
         pyr.write_level0(image, _rows(progress))
         step(progress, "pyramid")
         pyr.build_lower_levels()
