@@ -23,12 +23,15 @@ _LAZY = {
     "get_normalizer": "napari_stainfuser.stain",
     "normalize_slide": "napari_stainfuser.batch",
     "make_stainer": "napari_stainfuser.stainers",
+    "distill": "napari_stainfuser.distillation",
+    "DistilledStainer": "napari_stainfuser.distillation",
     "SlideJob": "napari_stainfuser.job",
     "Progress": "napari_stainfuser.progress",
 }
 
 __all__ = [
     "CheckpointError",
+    "DistilledStainer",
     "ParameterError",
     "Progress",
     "Slide",
@@ -38,6 +41,7 @@ __all__ = [
     "SlideWriteError",
     "StainEstimationError",
     "StainFuserError",
+    "distill",
     "get_normalizer",
     "make_stainer",
     "normalize_slide",

@@ -232,6 +232,9 @@ def stainer_identity(stainer) -> dict:
     """What identifies a stainer's output pixels, for resume fingerprints."""
     spec = stainer.spec
     base = {"per_pixel": spec.per_pixel, "mpp": spec.mpp}
+    own = getattr(stainer, "identity", None)
+    if callable(own) and not isinstance(stainer, StainerRecipe):
+        return {**base, **own()}  # a stainer that says what identifies it (a distilled one)
     from .stain.base import StainNormalizer
 
     if isinstance(stainer, StainNormalizer):

@@ -378,3 +378,34 @@ def test_the_qa_widget_compares_side_by_side_blends_and_flickers(viewer, tmp_pat
     qa._flicker_key(viewer)
     assert live.layer.visible
     w.cancel()
+
+
+def test_fast_distilled_stainfuser_fills_the_live_view_with_the_distilled_map(viewer):
+    # The tiny reference StainFuser, distilled on the layer's tissue off the UI
+    # thread; the live layer then shows that per-pixel map's colours.
+    from napari_stainfuser.distillation import DistilledStainer
+    from napari_stainfuser.targets import read_target_image
+
+    weights = CMU.parent / "stainfuser-reference-v2" / "checkpoint.safetensors"
+    image = read_target_image(CMU.parent / "he" / "torchstain-source.png")[:256, :256]
+    viewer.add_image(image, rgb=True, name="small", scale=(0.5, 0.5), units="µm")
+    w = _widget(viewer)
+    w.kind.setCurrentIndex(3)
+    w.target_file.edit.setText(str(TARGET))
+    w.target_file.edit.editingFinished.emit()
+    w.method.setCurrentText("stainfuser")
+    w.weights.edit.setText(str(weights))
+    w.steps.setValue(2)
+    w.distilled.setChecked(True)
+    w.live_button.click()
+    assert pump(300, lambda: w.live is not None), w.status.text()
+    live = w.live
+    assert isinstance(live.pyramid.stainer, DistilledStainer)
+    viewer.reset_view()
+    assert pump(60, lambda: live.filled_fraction() >= 1.0)
+    shown = live.levels[0].region(0, 256, 0, 256)
+    tissue = shown[..., 3] == 255
+    assert tissue.mean() > 0.3
+    want = live.pyramid.stainer.transform(image)
+    np.testing.assert_array_equal(shown[..., :3][tissue], want[tissue])
+    assert np.abs(want[tissue].astype(int) - image[tissue]).mean() > 5  # it did change colour

@@ -97,7 +97,7 @@ def test_stainer_protocol_and_spec(model):
     assert spec.per_pixel is False and spec.deterministic is True
     assert spec.multiple_of == 8 and spec.latent_channels == 4 and spec.latent_factor == 8
     assert spec.tile_size == 64  # the tiny config's latent grid (8) × 8
-    assert spec.mpp == 0.5 and spec.overlap == 64 and spec.device == "cpu"
+    assert spec.mpp == 0.5 and spec.overlap == 16 and spec.device == "cpu"
 
 
 def test_large_target_is_centre_cropped(model, ref):

@@ -61,6 +61,9 @@ class NormalizationModel:
         self.sampler = "pndm"
         self.seed = 0
         self.precision = "auto"
+        # Fast (distilled): StainFuser distilled into a per-pixel map on the source first.
+        self.distilled = False
+        self.distill_tiles = 64
         self.device = "cpu"
 
     # -- what can be chosen ---------------------------------------------------------
@@ -158,6 +161,23 @@ class NormalizationModel:
         return SlideJob.create(
             slide, method=self.method, target=self.target() if target is None else target,
             device=self.device, seed=self.seed, batch_size=batch, **self.stainer_options(),
+        )  # fmt: skip
+
+    def prepare(self, job, live: bool = False):
+        """The job as it runs: with "fast (distilled)", StainFuser is first distilled
+        into a per-pixel map on the source's tissue (seconds to minutes: call it off
+        the UI thread) and the job stains through that map."""
+        if not (self.distilled and self.diffusion()):
+            return job
+        from ..distillation import distill
+        from ..job import SlideJob
+
+        student = distill(
+            job.stainer, job.slide, tiles=self.distill_tiles, seed=job.seed, level=job.level
+        )
+        return SlideJob.create(
+            job.slide, stainer=student, level=job.level, tissue=job.tissue, seed=job.seed,
+            batch_size=LIVE_BATCH if live else None,
         )  # fmt: skip
 
     # -- what the widget shows of a target ------------------------------------------------

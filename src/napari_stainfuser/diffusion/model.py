@@ -133,7 +133,7 @@ class StainFuser:
         sampler: str = "pndm",
         seed: int = 0,
         tile_size: int | None = None,
-        overlap: int = 64,
+        overlap: int | None = None,
         work_mpp: float | None = 0.5,
         batch_size: int | None = None,
         channels_last: bool | None = None,
@@ -165,7 +165,8 @@ class StainFuser:
             raise ParameterError(f"steps must be at least 1, got {steps}")
         self.sampler = SAMPLER_ALIASES.get(str(sampler).lower(), str(sampler).lower())
         self.seed = int(seed)
-        self.overlap = int(overlap)
+        # 64 px for SD2.1-base's 512² tiles; a quarter of a smaller model's tile.
+        self.overlap = int(overlap) if overlap is not None else min(64, self.tile_size // 4)
         self.work_mpp = work_mpp
         self.batch_size = int(batch_size or (8 if self.device.type == "cuda" else 2))
         self.reuse_across_steps = reuse_across_steps

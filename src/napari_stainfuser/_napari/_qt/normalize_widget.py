@@ -16,6 +16,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QSettings, Qt, Signal
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -187,12 +188,18 @@ class NormalizationWidget(QWidget):
         self.seed.setRange(0, 2**31 - 1)
         self.precision = QComboBox()
         self.precision.addItems(list(PRECISIONS))
+        self.distilled = QCheckBox("fast (distilled)")
+        self.distilled.setToolTip(
+            "Distil StainFuser into a per-pixel colour map on this slide's tissue first, "
+            "then stain through it at lookup-table speed (colour only, no texture)"
+        )
         form = QFormLayout(self.diffusion)
         form.addRow("weights", self.weights)
         form.addRow("steps", self.steps)
         form.addRow("sampler", self.sampler)
         form.addRow("seed", self.seed)
         form.addRow("precision", self.precision)
+        form.addRow("", self.distilled)
 
         self.live_button = QPushButton("Live")
         self.live_button.setToolTip("Stain the view as you pan and zoom, visible region first")
@@ -321,6 +328,7 @@ class NormalizationWidget(QWidget):
         m.sampler = self.sampler.currentText()
         m.seed = self.seed.value()
         m.precision = self.precision.currentText()
+        m.distilled = self.distilled.isChecked()
         if m.weights:
             self.settings.setValue("stainfuser/weights", m.weights)
 
@@ -379,7 +387,7 @@ class NormalizationWidget(QWidget):
         def open_job():
             from ...tiling.lazy import ResultPyramid
 
-            return ResultPyramid(model.job(target, live=True))
+            return ResultPyramid(model.prepare(model.job(target, live=True), live=True))
 
         self.status.setText(f"fitting {model.method} and opening {source.name} …")
         self._worker = in_thread(
@@ -456,7 +464,10 @@ class NormalizationWidget(QWidget):
                     raise Cancelled
                 signals.batch_progress.emit(p)
 
-            return run_job(job, out, resume=out.work.exists(), overwrite=False, progress=report)
+            prepared = widget.model.prepare(job)  # distilled first, off the UI thread
+            return run_job(
+                prepared, out, resume=out.work.exists(), overwrite=False, progress=report
+            )
 
         self._batch_bar = napari_progress(total=0, desc="whole slide")
         self._batch = in_thread(run, self._batch_done, self._batch_failed)
