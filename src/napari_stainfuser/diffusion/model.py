@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..devices import resolve_device
-from ..errors import ParameterError
+from ..errors import ParameterError, opt
 from ..methods import SAMPLER_ALIASES
 from ..stainer import StainerSpec, StainResult
 from .checkpoint import load_weights
@@ -90,7 +90,7 @@ def _check_target_tissue(image: np.ndarray) -> None:
     share = float(tissue_mask(image, name="target").mask.mean())
     if share == 0.0:
         raise ParameterError(
-            f"target: no tissue in the {h}×{w} px it is encoded from (glass or a flat "
+            f"{opt('target')}: no tissue in the {h}×{w} px it is encoded from (glass or a flat "
             "colour); give a region with stained tissue"
         )
     if share < MOSTLY_GLASS:
@@ -495,7 +495,7 @@ class StainFuser:
         h, w = x.shape[-2:]
         if min(h, w) < MIN_TARGET_SIDE:
             raise ParameterError(
-                f"target: {h}×{w} px is smaller than {MIN_TARGET_SIDE} px a side; "
+                f"{opt('target')}: {h}×{w} px is smaller than {MIN_TARGET_SIDE} px a side; "
                 "give a larger region of the target stain"
             )
         edge = max(self.tile_size, self.networks.target_size)
