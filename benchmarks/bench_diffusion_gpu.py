@@ -106,10 +106,16 @@ def main(argv=None) -> int:
     rows = []
     n_pndm = evaluations(configs.scheduler, args.steps, "pndm")
 
-    if amp is not None:
+    # The official default (fp32), and on a GPU also its --fp16 option (fp16 autocast).
+    settings = (
+        [("fp32 (its default)", None), ("fp16 autocast (its --fp16)", amp)]
+        if amp
+        else [("fp32", None)]
+    )
+    for precision, autocast in settings:
         rows.append(
             measure(
-                f"official: PNDM {args.steps}, fp32 (its default)",
+                f"official: PNDM {args.steps}, {precision}",
                 functools.partial(
                     official_stain,
                     official,
@@ -118,7 +124,7 @@ def main(argv=None) -> int:
                     target_dev,
                     args.steps,
                     noise_dev,
-                    None,
+                    autocast,
                 ),
                 device,
                 args.batch,
@@ -126,26 +132,6 @@ def main(argv=None) -> int:
                 n_pndm,
             )  # fmt: skip
         )
-    precision = "fp16 autocast (its --fp16)" if amp else "fp32"
-    rows.append(
-        measure(
-            f"official: PNDM {args.steps}, {precision}",
-            functools.partial(
-                official_stain,
-                official,
-                configs.scheduler,
-                tiles_dev,
-                target_dev,
-                args.steps,
-                noise_dev,
-                amp,
-            ),
-            device,
-            args.batch,
-            args.repeats,
-            n_pndm,
-        )
-    )
     del official
     if on_gpu:
         torch.cuda.empty_cache()

@@ -191,6 +191,23 @@ def distill(
     return student
 
 
+def distilled_job(job, *, tiles: int = 64, batch_size: int | None = None):
+    """``job`` (a :class:`~napari_stainfuser.job.SlideJob`) with its stainer replaced
+    by the one distilled from it on the job's own slide, level, tiling and seed.
+    Returns (the new job, the distilled stainer)."""
+    from .job import SlideJob
+
+    student = distill(
+        job.stainer, job.slide, tiles=tiles, seed=job.seed, level=job.level, tile=job.tile,
+        overlap=job.overlap,
+    )  # fmt: skip
+    new = SlideJob.create(
+        job.slide, stainer=student, level=job.level, tissue=job.tissue, mpp=job.mpp,
+        seed=job.seed, batch_size=batch_size,
+    )  # fmt: skip
+    return new, student
+
+
 def fit_table(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The regularised GRID³ table mapping N×3 uint8 ``src`` colours to ``dst``."""
     from scipy import sparse

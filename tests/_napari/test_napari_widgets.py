@@ -124,6 +124,16 @@ def _widget(viewer):
     return w
 
 
+def _cmu_with_target_file(viewer):
+    """The CMU slide open, the widget docked, the target picture chosen as a file."""
+    viewer.open(str(CMU), plugin="napari-stainfuser")
+    w = _widget(viewer)
+    w.kind.setCurrentIndex(3)
+    w.target_file.edit.setText(str(TARGET))
+    w.target_file.edit.editingFinished.emit()
+    return w
+
+
 def test_the_plugin_contributes_both_widgets_under_its_menu(viewer):
     dock, widget = viewer.window.add_plugin_dock_widget("napari-stainfuser", "Stain normalization")
     assert type(widget).__name__ == "NormalizationWidget"
@@ -278,11 +288,7 @@ def test_expected_failures_are_notifications_not_exceptions(viewer, tmp_path):
 def test_whole_slide_runs_the_batch_job_and_offers_the_result(viewer, tmp_path):
     from napari_stainfuser.slide import open_slide
 
-    viewer.open(str(CMU), plugin="napari-stainfuser")
-    w = _widget(viewer)
-    w.kind.setCurrentIndex(3)
-    w.target_file.edit.setText(str(TARGET))
-    w.target_file.edit.editingFinished.emit()
+    w = _cmu_with_target_file(viewer)
     out = tmp_path / "cmu-normalized.ome.zarr"
     w.whole_slide(str(out))
     assert pump(120, lambda: w.open_button.isVisible()), w.status.text()
@@ -298,11 +304,7 @@ def test_whole_slide_runs_the_batch_job_and_offers_the_result(viewer, tmp_path):
 def test_a_whole_slide_run_cancelled_resumes(viewer, tmp_path):
     from napari_stainfuser.batch import work_dir
 
-    viewer.open(str(CMU), plugin="napari-stainfuser")
-    w = _widget(viewer)
-    w.kind.setCurrentIndex(3)
-    w.target_file.edit.setText(str(TARGET))
-    w.target_file.edit.editingFinished.emit()
+    w = _cmu_with_target_file(viewer)
     w.method.setCurrentText("vahadane")
     out = tmp_path / "o.ome.zarr"
     w.whole_slide(str(out))

@@ -169,16 +169,11 @@ class NormalizationModel:
         the UI thread) and the job stains through that map."""
         if not (self.distilled and self.diffusion()):
             return job
-        from ..distillation import distill
-        from ..job import SlideJob
+        from ..distillation import distilled_job
 
-        student = distill(
-            job.stainer, job.slide, tiles=self.distill_tiles, seed=job.seed, level=job.level
-        )
-        return SlideJob.create(
-            job.slide, stainer=student, level=job.level, tissue=job.tissue, seed=job.seed,
-            batch_size=LIVE_BATCH if live else None,
-        )  # fmt: skip
+        return distilled_job(
+            job, tiles=self.distill_tiles, batch_size=LIVE_BATCH if live else None
+        )[0]
 
     # -- what the widget shows of a target ------------------------------------------------
 

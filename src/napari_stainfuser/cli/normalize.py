@@ -95,7 +95,6 @@ def run(args) -> int:
 def _distilled(job, args):
     """The job with its stainer replaced by the one distilled from it on this slide."""
     from ..errors import ParameterError, opt
-    from ..job import SlideJob
     from ..methods import CLASSICAL
 
     if job.stainer.method in CLASSICAL:
@@ -106,19 +105,14 @@ def _distilled(job, args):
     n = args.distill_tiles
     if isinstance(n, bool) or not 1 <= n <= 4096:
         raise ParameterError(f"--distill-tiles: must be in 1..4096, got {n}")
-    from ..distillation import distill
+    from ..distillation import distilled_job
 
-    student = distill(
-        job.stainer, job.slide, tiles=n, seed=job.seed, level=job.level, tile=job.tile,
-        overlap=job.overlap,
-    )  # fmt: skip
+    teacher = job.stainer.method
+    job, student = distilled_job(job, tiles=n)
     fit, held = student.report["fit"], student.report["held_out"]
     print(
-        f"distilled {job.stainer.method} on {student.report['tiles']['fit']} tissue tiles: "
+        f"distilled {teacher} on {student.report['tiles']['fit']} tissue tiles: "
         f"ΔE2000 to it median {fit['median']:.2f}, 95th percentile {fit['p95']:.2f}"
         + (f"; on held-out tiles {held['median']:.2f} / {held['p95']:.2f}" if held else "")
     )
-    return SlideJob.create(
-        job.slide, stainer=student, level=job.level, tissue=job.tissue, mpp=job.mpp,
-        seed=job.seed,
-    )  # fmt: skip
+    return job

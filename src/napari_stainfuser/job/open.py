@@ -122,8 +122,8 @@ class OpenJob:
         recipe = job.stainer if isinstance(job.stainer, StainerRecipe) else recipe_of(stainer)
         weights = None
         if recipe is not None and recipe.weights:
-            w = Path(recipe.weights)
-            weights = {"name": w.name, "digest": file_digest(w) if w.is_file() else None}
+            w = Path(recipe.weights)  # the identity has its digest (a folder: its path)
+            weights = {"name": w.name, "digest": ident.get("weights") if w.is_file() else None}
         diffusion = recipe is not None and not recipe.classical
         record = {
             "software": software(),

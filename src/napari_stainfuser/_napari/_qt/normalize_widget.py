@@ -411,12 +411,8 @@ class NormalizationWidget(QWidget):
         self.status.setText(
             f"live: {p.done} tiles done, {p.rate:.1f} tiles/s, {p.pending} queued ({p.what})"
         )
-        bar = self._progress  # napari's bar processes events: read it once, use it last
-        if bar is not None:
-            bar.total = max(p.total, 1)
-            bar.n = p.done
-            bar.set_description(f"stain normalization ({p.what})")
-            bar.refresh()
+        # napari's bar processes events: read it once, use it last.
+        _advance(self._progress, p, f"stain normalization ({p.what})")
 
     def stop_live(self) -> None:
         live, self.live = self.live, None
@@ -480,12 +476,8 @@ class NormalizationWidget(QWidget):
         self.status.setText(
             f"whole slide: {p.phase} {p.done}/{p.total}" if p.total else f"whole slide: {p.phase}"
         )
-        bar = self._batch_bar  # napari's bar processes events: _batch_done may run inside
-        if bar is not None:
-            bar.total = max(p.total, 1)
-            bar.n = p.done
-            bar.set_description(f"whole slide: {p.phase}")
-            bar.refresh()
+        # napari's bar processes events: _batch_done may run inside.
+        _advance(self._batch_bar, p, f"whole slide: {p.phase}")
 
     def _close_batch_bar(self) -> None:
         bar, self._batch_bar = self._batch_bar, None
@@ -564,3 +556,12 @@ def _closer(widget):
                     w.live.pyramid.close()
 
     return close
+
+
+def _advance(bar, p, description: str) -> None:
+    """Move a napari progress bar (if any) to a Progress report."""
+    if bar is not None:
+        bar.total = max(p.total, 1)
+        bar.n = p.done
+        bar.set_description(description)
+        bar.refresh()
