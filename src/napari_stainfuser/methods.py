@@ -9,9 +9,14 @@ CLASSICAL = ("macenko", "reinhard", "ruifrok", "vahadane")
 # Conditional latent diffusion (StainFuser).
 DIFFUSION = ("stainfuser",)
 METHODS = (*CLASSICAL, *DIFFUSION)
+# H&E to a virtual IHC stain plus the marker-positive cell mask (not a
+# normalization: it takes a marker and a trained checkpoint, not a target).
+VIRTUAL_IHC = "virtual-ihc"
 
 # Diffusion samplers (diffusers schedulers) by the names the CLI and the API take.
 SAMPLERS = ("pndm", "ddim", "dpm++", "euler")
+# The samplers the virtual-IHC model (an x0-predicting pixel-space model) runs with.
+IHC_SAMPLERS = ("ddim", "dpm++")
 SAMPLER_ALIASES = {
     "plms": "pndm",
     "dpmsolver++": "dpm++",

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .fingerprint import array_digest, file_digest
-from .methods import CLASSICAL, DIFFUSION
+from .methods import CLASSICAL, DIFFUSION, VIRTUAL_IHC
 from .stainer import Stainer
 
 
@@ -112,6 +112,10 @@ class StainerRecipe:
             return fit_target(
                 self.method, self.target, device=self.device, seed=self.seed, **self.params
             )
+        if self.method == VIRTUAL_IHC:
+            from .diffusion.virtual_ihc import VirtualIHC
+
+            return VirtualIHC.load(self.weights, device=self.device, seed=self.seed, **self.params)
         from .diffusion import StainFuser
 
         image = _picture(self.target)

@@ -9,6 +9,7 @@ from importlib import import_module
 
 _LAZY = {
     "normalize_slide": ".normalize",
+    "stain_slide": ".stain",
     "OutputSpec": ".output",
     "work_dir": ".output",
     "run_job": ".run",

@@ -72,12 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slide", help="slide file or OME-Zarr directory")
     p.set_defaults(func=_cmd_info)
 
-    from . import demo, make_pairs, normalize, train
+    from . import demo, evaluate, make_ihc_pairs, make_pairs, normalize, stain, train
 
     demo.add_parser(sub)
     normalize.add_parser(sub)
+    stain.add_parser(sub)
     train.add_parser(sub)
+    evaluate.add_parser(sub)
     make_pairs.add_parser(sub)
+    make_ihc_pairs.add_parser(sub)
     return parser
 
 

@@ -91,4 +91,65 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_stainfuser)
+    _add_virtual_ihc(models)
     return train
+
+
+def _add_virtual_ihc(models) -> None:
+    p = models.add_parser(
+        "virtual-ihc",
+        help="train the virtual-IHC model (IHC + cell mask) on paired H&E/IHC tiles",
+        description=(
+            "Train the dual-task virtual-IHC model from scratch: one shared H&E encoder, one "
+            "branch denoising the IHC and one the marker-positive cell mask, joint loss. PAIRS "
+            "is a folder with he/NAME.png, ihc/NAME.png and optional mask/NAME.png ('stainfuser "
+            "make-ihc-pairs' writes one; masks are made from the IHC when absent). Repeat "
+            "--pairs/--marker to train one model on several markers. RUN receives loss.csv "
+            "and checkpoints/step-N/."
+        ),
+    )
+    p.add_argument("--pairs", action="append", required=True, help="pair folder (repeatable)")
+    p.add_argument(
+        "--marker", action="append", required=True, help="marker of each --pairs (repeatable)"
+    )
+    p.add_argument("-o", "--out", required=True, help="run folder (log and checkpoints)")
+    p.add_argument("--config", default="tiny", choices=("tiny", "base"), help="model size (tiny)")
+    p.add_argument("--tile", type=int, default=64, help="training crop edge, >= 64 (64)")
+    p.add_argument("--steps", type=int, default=2000, help="optimisation steps (2000)")
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per step (8)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (1e-2)")
+    p.add_argument("--ihc-weight", type=float, default=1.0, help="IHC loss weight (1)")
+    p.add_argument("--mask-weight", type=float, default=1.0, help="mask loss weight (1)")
+    p.add_argument("--mpp", type=float, help="µm/px of the pairs, recorded in the checkpoint")
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+        help="mixed precision on CUDA (auto: bf16 if supported, else fp16; fp32 on CPU)",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument(
+        "--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (0 keeps all)"
+    )
+    p.add_argument("--no-augment", action="store_true", help="no flips, rotations or jitter")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_virtual_ihc)
+
+
+def _cmd_train_virtual_ihc(args) -> int:
+    from ..training.ihc_trainer import IHCTrainConfig, train_virtual_ihc
+
+    cfg = IHCTrainConfig(
+        pairs=args.pairs, markers=args.marker, out=args.out, config=args.config, tile=args.tile,
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, ihc_weight=args.ihc_weight,
+        mask_weight=args.mask_weight, precision=args.precision, device=args.device,
+        seed=args.seed, checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints, mpp=args.mpp, augment=not args.no_augment,
+        resume=args.resume, progress=not args.no_progress,
+    )  # fmt: skip
+    final = train_virtual_ihc(cfg)
+    print(f"final checkpoint: {final}")
+    return 0

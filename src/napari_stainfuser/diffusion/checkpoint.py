@@ -123,7 +123,11 @@ def read_state_dict(
 
 
 def check_state_dict(
-    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], path: Path, origin: str
+    expected: dict[str, tuple[int, ...]],
+    found: dict[str, tuple[int, ...]],
+    path: Path,
+    origin: str,
+    model: str = "StainFuser",
 ) -> None:
     """Raise CheckpointError listing every key/shape difference between model and file."""
     # Model order, not alphabetical: the first keys listed are the outermost layers.
@@ -144,7 +148,7 @@ def check_state_dict(
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys ({_shorten(unexpected)})")
     raise CheckpointError(
-        f"{path} does not match the StainFuser architecture of configs {origin}: "
+        f"{path} does not match the {model} architecture of configs {origin}: "
         + "; ".join(problems)
     )
 

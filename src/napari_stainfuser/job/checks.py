@@ -14,9 +14,19 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ParameterError, SlideReadError, opt
-from ..methods import CLASSICAL, DIFFUSION, METHODS, PREPROCESS, SAMPLER_ALIASES, SAMPLERS
+from ..methods import (
+    CLASSICAL,
+    DIFFUSION,
+    IHC_SAMPLERS,
+    METHODS,
+    PREPROCESS,
+    SAMPLER_ALIASES,
+    SAMPLERS,
+    VIRTUAL_IHC,
+)
 
 MAX_STEPS = 1000
+MAX_SAMPLES = 64
 MAX_BATCH = 256
 _DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu)(:\d+)?)$")
 
@@ -130,11 +140,61 @@ def stainer_options(method: str, params: dict) -> dict:
     return params
 
 
+def virtual_ihc_options(params: dict) -> dict:
+    """The virtual-IHC options checked: marker, samples, steps, sampler, tiling."""
+    params = {k: v for k, v in params.items() if v is not None}
+    known = {"marker", "samples", "steps", "sampler", "batch_size", "tile_size", "overlap"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ParameterError(
+            f"{opt(unknown[0])}: not an option of {VIRTUAL_IHC}; valid: {', '.join(sorted(known))}"
+        )
+    if "marker" in params:
+        marker = str(params["marker"]).strip()
+        if not marker:
+            raise ParameterError(f"{opt('marker')}: must not be empty")
+        params["marker"] = marker
+    if "sampler" in params:
+        params["sampler"] = check_choice(
+            params["sampler"], "sampler", IHC_SAMPLERS, SAMPLER_ALIASES
+        )
+    if "steps" in params:
+        params["steps"] = check_int(params["steps"], "steps", 1, MAX_STEPS)
+    if "samples" in params:
+        params["samples"] = check_int(params["samples"], "samples", 1, MAX_SAMPLES)
+    if "batch_size" in params:
+        params["batch_size"] = check_int(params["batch_size"], "batch_size", 1, MAX_BATCH)
+    return params
+
+
 def stainer_recipe(method, target, weights, device, seed, params):
     """A checked :class:`~napari_stainfuser.stainers.StainerRecipe`."""
     from ..stainers import StainerRecipe
     from ..targets import check_target
 
+    if str(method).strip().lower() == VIRTUAL_IHC:
+        if target is not None:
+            raise ParameterError(
+                f"{opt('target')}: {VIRTUAL_IHC} takes a marker and trained weights, not a target"
+            )
+        from ..diffusion.virtual_ihc import find_checkpoint, read_config
+
+        found = find_checkpoint(weights)
+        cfg, _ = read_config(found)  # a bad config is refused before anything loads
+        options = virtual_ihc_options(dict(params))
+        if "marker" in options:
+            options["marker"] = cfg.markers[cfg.marker_index(options["marker"])]
+        elif len(cfg.markers) == 1:
+            options["marker"] = cfg.markers[0]
+        else:
+            raise ParameterError(
+                f"{opt('marker')}: this checkpoint knows several markers; choose one of "
+                f"{', '.join(cfg.markers)}"
+            )
+        return StainerRecipe(
+            VIRTUAL_IHC, None, str(found), check_device(device),
+            check_int(seed, "seed", 0, (1 << 63) - 1), tuple(sorted(options.items())),
+        )  # fmt: skip
     key = check_method(method)
     classical = key in CLASSICAL
     options = stainer_options(key, dict(params))

@@ -150,7 +150,7 @@ def latest_checkpoint(out) -> Path | None:
 class LossLog:
     """loss.csv, one row per step, flushed as it goes."""
 
-    def __init__(self, path: Path, keep_until: int | None):
+    def __init__(self, path: Path, keep_until: int | None, fields=LOSS_FIELDS):
         self.path = path
         rows = []
         if keep_until is not None and path.is_file():
@@ -160,13 +160,13 @@ class LossLog:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until]
         tmp = path.with_name(path.name + ".partial")
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, LOSS_FIELDS)
+            w = csv.DictWriter(fh, fields)
             w.writeheader()
             w.writerows(rows)
         tmp.replace(path)
         # Held open for the whole run (one row per step); closed by close().
         self._fh = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115
-        self._writer = csv.DictWriter(self._fh, LOSS_FIELDS)
+        self._writer = csv.DictWriter(self._fh, fields)
 
     def write(self, **row) -> None:
         self._writer.writerow(row)

@@ -1,0 +1,304 @@
+"""Training the virtual-IHC model on paired tiles, resumable to the bit.
+
+``stainfuser train virtual-ihc --pairs DIR --marker CD3 -o RUN/`` is
+:func:`train_virtual_ihc`. Several ``--pairs``/``--marker`` couples train one
+multi-marker model (the marker embedding; see
+:mod:`napari_stainfuser.diffusion.ihc_networks`). A run folder holds::
+
+    RUN/train_config.json                 the settings (checked on --resume)
+    RUN/loss.csv                          step,epoch,loss,ihc_loss,mask_loss,lr,seconds
+    RUN/checkpoints/step-00000500/        virtual-ihc.safetensors, virtual-ihc.json,
+                                          training_state.pt (optimizer, scaler, RNG)
+
+The loss is ``ihc_weight · MSE(IHC x0) + mask_weight · MSE(mask x0)``: each
+branch predicts its clean image from its own noised copy at its own random
+timestep, both from the same H&E encoding. Everything random in a step (the
+tiles, crops, augmentation, timesteps, noise) comes from generators seeded by
+(seed, step), and checkpoints carry the optimizer and RNG states, so a
+resumed run takes exactly the steps the uninterrupted one would have taken;
+on the CPU its weights come out bit-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import itertools
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..atomic import write_json_atomic
+from ..errors import ParameterError, opt
+from .trainer import LossLog, _resolve_device, _resolve_precision
+from .triplets import StepBatchSampler, mix_seed
+
+CONFIG_NAME = "train_config.json"
+LOSS_LOG = "loss.csv"
+LOSS_FIELDS = ("step", "epoch", "loss", "ihc_loss", "mask_loss", "lr", "seconds")
+STATE_NAME = "training_state.pt"
+CONFIGS = ("tiny", "base")
+_RESUMABLE_CHANGES = {"steps", "resume", "progress", "checkpoint_every", "keep_checkpoints"}
+
+
+@dataclass
+class IHCTrainConfig:
+    """Settings of one run (the CLI's flags, one to one)."""
+
+    pairs: list[str]
+    markers: list[str]
+    out: str
+    config: str = "tiny"
+    tile: int = 64
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    ihc_weight: float = 1.0
+    mask_weight: float = 1.0
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    mpp: float | None = None
+    augment: bool = True
+    resume: bool = False
+    progress: bool = True
+    mask_params: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.pairs:
+            raise ParameterError(f"{opt('pairs')}: give at least one pair folder")
+        if len(self.markers) != len(self.pairs):
+            raise ParameterError(
+                f"{opt('marker')}: give one marker per {opt('pairs')} folder "
+                f"({len(self.pairs)} folders, {len(self.markers)} markers)"
+            )
+        if self.config not in CONFIGS:
+            raise ParameterError(f"{opt('config')}: {self.config!r} is unknown; valid: tiny, base")
+        from ..diffusion.ihc_networks import MULTIPLE_OF
+
+        if self.tile < 64 or self.tile % MULTIPLE_OF:
+            raise ParameterError(
+                f"{opt('tile')} {self.tile}: must be at least 64 and a multiple of {MULTIPLE_OF}"
+            )
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ParameterError(f"{opt(name)}: must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ParameterError(f"{opt('lr')} must be > 0 and {opt('weight_decay')} >= 0")
+        if self.ihc_weight < 0 or self.mask_weight < 0 or self.ihc_weight + self.mask_weight == 0:
+            raise ParameterError(
+                f"{opt('ihc_weight')} and {opt('mask_weight')}: non-negative, not both zero"
+            )
+        if self.keep_checkpoints < 0:
+            raise ParameterError(f"{opt('keep_checkpoints')}: must be >= 0")
+
+    def settings(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+    found = []
+    for p in (out / "checkpoints").glob("step-*"):
+        if p.is_dir() and not p.name.endswith(".partial") and (p / STATE_NAME).is_file():
+            found.append((int(p.name.split("-", 1)[1]), p))
+    return sorted(found)
+
+
+def read_loss_log(out) -> list[dict]:
+    with open(Path(out) / LOSS_LOG, newline="", encoding="utf-8") as fh:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def _check_resumable(out: Path, cfg: IHCTrainConfig) -> None:
+    path = out / CONFIG_NAME
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    now = cfg.settings()
+    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ParameterError(f"{out}: cannot resume with different settings ({detail})")
+
+
+def noised(x0, scheduler, gen, device):
+    """(noisy, t): ``x0`` noised at one random timestep per sample (DDPM forward process)."""
+    b = x0.shape[0]
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).to(device)
+    eps = torch.randn(x0.shape, generator=gen).to(device)
+    return scheduler.add_noise(x0, eps, t), t
+
+
+def joint_loss(networks, scheduler, batch, gen, device, weights, autocast):
+    he = batch["he"].to(device).float() / 127.5 - 1
+    target = {
+        "ihc": batch["ihc"].to(device).float() / 127.5 - 1,
+        "mask": batch["mask"].to(device).float() * 2 - 1,
+    }
+    marker = batch["marker"].to(device)
+    with autocast():
+        feats = networks.encode(he)
+        ctx = networks.contexts(feats)
+        losses = {}
+        for name, x0 in target.items():
+            noisy, t = noised(x0, scheduler, gen, device)
+            pred = networks.branch(name)(noisy, t, feats, ctx[name], marker)
+            losses[name] = torch.nn.functional.mse_loss(pred.float(), x0)
+    total = weights["ihc"] * losses["ihc"] + weights["mask"] * losses["mask"]
+    return total, losses
+
+
+def _save(out, step, networks, optimizer, scaler, meta, keep) -> Path:
+    from ..diffusion.virtual_ihc import save_checkpoint
+
+    root = out / "checkpoints"
+    final, partial = root / f"step-{step:08d}", root / f"step-{step:08d}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    torch.save(
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        partial / STATE_NAME,
+    )
+    save_checkpoint(networks, partial, {"training": {**meta["training"], "steps": step}})
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+    if keep:
+        for _, old in _checkpoints(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _dataset(cfg: IHCTrainConfig):
+    from .ihc_data import PairDataset, find_pairs
+
+    pairs = []
+    for folder, marker in zip(cfg.pairs, cfg.markers, strict=True):
+        pairs += find_pairs(folder, marker, min_size=cfg.tile)
+    markers = list(dict.fromkeys(cfg.markers))
+    return PairDataset(pairs, markers, cfg.tile, cfg.augment, cfg.mask_params), markers
+
+
+def train_virtual_ihc(cfg: IHCTrainConfig, callback=None, budget_s: float | None = None) -> Path:
+    """Run (or resume) training; return the final checkpoint folder.
+
+    callback(step, losses) is called after every step; ``budget_s`` stops at
+    the first checkpoint-worthy moment after that many seconds (the demo's
+    fixed budget), saving a checkpoint there.
+    """
+    from ..diffusion.ihc_networks import build, preset
+    from ..diffusion.virtual_ihc import load_networks
+
+    cfg.validate()
+    out = Path(cfg.out)
+    device = _resolve_device(cfg.device)
+    precision = _resolve_precision(cfg.precision, device)
+    resume_from = None
+    if cfg.resume:
+        _check_resumable(out, cfg)
+        found = _checkpoints(out)
+        resume_from = found[-1][1] if found else None
+    elif (out / CONFIG_NAME).exists():
+        raise ParameterError(
+            f"{out} already holds a training run; pass --resume to continue it or choose a new folder"
+        )
+    dataset, markers = _dataset(cfg)
+    if resume_from is not None:
+        networks, _ = load_networks(resume_from, device)
+        networks.train()
+    else:
+        networks = build(preset(cfg.config, markers, cfg.tile, cfg.mpp), cfg.seed).to(device)
+    optimizer = torch.optim.AdamW(networks.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    start = 0
+    if resume_from is not None:
+        state = torch.load(resume_from / STATE_NAME, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+    if start >= cfg.steps:
+        return resume_from
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(networks.config.scheduler_config())
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0)
+    batches = iter(loader)
+    first = next(batches)  # a pair that does not decode stops the start, not the run
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / CONFIG_NAME, cfg.settings())
+    log = LossLog(out / LOSS_LOG, keep_until=start, fields=LOSS_FIELDS)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast():
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    meta = {
+        "training": {
+            "data": [str(Path(p).resolve()) for p in cfg.pairs],
+            "markers": markers,
+            "pairs": len(dataset),
+            "config": cfg.config,
+            "tile": cfg.tile,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "loss_weights": {"ihc": cfg.ihc_weight, "mask": cfg.mask_weight},
+            "precision": precision,
+            "seed": cfg.seed,
+        }
+    }
+    weights = {"ihc": cfg.ihc_weight, "mask": cfg.mask_weight}
+    n_params = sum(p.numel() for p in networks.parameters())
+    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, unit="step",
+               desc=f"virtual IHC ({cfg.config}, {n_params / 1e6:.1f}M parameters)")  # fmt: skip
+    last, step, began = resume_from, start, time.perf_counter()
+    networks.train()
+    try:
+        for batch in itertools.chain([first], batches):
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(mix_seed(cfg.seed, step, 3))
+            loss, parts = joint_loss(networks, scheduler, batch, gen, device, weights, autocast)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {float(loss)} at step {step + 1}")
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            values = {k: float(v.detach()) for k, v in parts.items()}
+            log.write(
+                step=step, epoch=sampler.epoch_of(step - 1), loss=repr(float(loss.detach())),
+                ihc_loss=repr(values["ihc"]), mask_loss=repr(values["mask"]), lr=repr(cfg.lr),
+                seconds=f"{time.perf_counter() - t0:.4f}",
+            )  # fmt: skip
+            bar.update(1)
+            bar.set_postfix(ihc=f"{values['ihc']:.4f}", mask=f"{values['mask']:.4f}")
+            over = budget_s is not None and time.perf_counter() - began > budget_s
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or over:
+                last = _save(out, step, networks, optimizer, scaler, meta, cfg.keep_checkpoints)
+            if callback is not None:
+                callback(step, values)
+            if over:
+                break
+    finally:
+        bar.close()
+        log.close()
+    return last
