@@ -77,7 +77,7 @@ def main() -> int:
         rates = []
         for steps in (10, 1):
             model = VirtualIHC(net, "CD3", steps=steps, device=args.device)
-            rates.append(_rate(lambda m=model: m.stain(tiles), 1, args.repeat))
+            rates.append(_rate(lambda m=model, t=tiles: m.stain(t), 1, args.repeat))
         print(f"{size:>5}² {rates[0]:>10.3f} {rates[1]:>15.3f}")
 
     pairs = tmp / "train"
