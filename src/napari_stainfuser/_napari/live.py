@@ -5,6 +5,8 @@ at once. :class:`LiveLevel` does: its ``[y0:y1, x0:x1]`` composes the stained
 tiles already in memory (blended, resampled back, glass left transparent so
 the source shows through) and leaves the rest transparent, and it asks the
 engine for what is missing; it never waits on the model or reads the disk.
+:class:`LiveExtra` does the same for a stainer's extra output (a cell mask,
+an uncertainty map) from the very tiles the image is composed of.
 
 :class:`LiveResult` follows the camera: after the view settles (a short
 debounce, as napari's own delay queue does) it computes the visible region
@@ -12,11 +14,13 @@ from the camera's centre, zoom and the canvas size, requests its tiles at
 ``VISIBLE`` priority, a ring around it at ``NEARBY``, and cancels what left.
 Tiles land on the engine thread; a Qt signal hands the news to the main
 thread, where one timer refreshes the layer at most every ~100 ms however
-many tiles landed. Closing it stops the engine and disconnects everything.
+many tiles landed. Closing it stops the engine and disconnects everything;
+its layers stay, showing what was computed.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -25,6 +29,7 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..engine import BACKGROUND, NEARBY, VISIBLE
+from ..errors import ParameterError
 from .viewport import View, level_geometries
 
 REFRESH_MS = 100
@@ -36,26 +41,30 @@ MAX_SIDE = 8192
 # the same blocks many times, and composing one (blend, resample, alpha) costs
 # milliseconds of UI time.
 BLOCK_CACHE_BYTES = 256 * 2**20
+# Extra outputs shown live: float maps in this colormap, label images at this opacity.
+EXTRA_COLORMAP = "magma"
+LABELS_OPACITY = 0.5
 
 
-class LiveLevel:
-    """One level of a live result, as an array napari can slice without waiting."""
+class _LiveArray:
+    """One level of a live output, as an array napari can slice without waiting.
 
-    ndim = 3
-    dtype = np.dtype(np.uint8)
+    Its blocks are composed from the tiles already in memory, once all the tiles
+    a block needs are there; anything else reads as zeros (transparent, or no
+    label) and its tiles are asked for. A subclass gives ``shape``, ``dtype``,
+    ``chunks`` and ``_compose(box, ready)``: the block over ``box`` from its
+    tiles' :class:`~napari_stainfuser.engine.TileOutput` ``ready[r, c]``.
+    """
+
+    dtype: np.dtype
 
     def __init__(self, level, on_miss=None):
         self.level = level
         self.plan = level.plan
-        h, w = self.plan.shape
-        self.shape = (h, w, 4)
         self.block = self.plan.grid.step if self.plan.factor == 1.0 else 256
-        # napari widens its view to chunk boundaries and re-slices a multiscale
-        # layer only when the view leaves them; without chunks it re-slices on
-        # every camera step of a pan. 256 (not the tile step): a wider texture
-        # makes each crossing cost more than the re-slices it saves.
-        self.chunks = (256, 256, 4)
         self.on_miss = on_miss
+        # False once the engine is stopped: what is ready still shows, nothing is asked for.
+        self.asking = True
         self._blocks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cached_bytes = 0
 
@@ -67,23 +76,25 @@ class LiveLevel:
         key = key if isinstance(key, tuple) else (key,)
         ys, xs = (list(key) + [slice(None)] * 2)[:2]
         h, w = self.plan.shape
-        y0, y1, sy = ys.indices(h) if isinstance(ys, slice) else (ys, ys + 1, 1)
-        x0, x1, sx = xs.indices(w) if isinstance(xs, slice) else (xs, xs + 1, 1)
-        out = self.region(y0, y1, x0, x1)[::sy, ::sx]
-        if not isinstance(ys, slice):
-            out = out[0]
-        if not isinstance(xs, slice):
-            out = out[..., 0, :] if out.ndim == 3 else out[0]
-        rest = key[2:]
-        return out[(Ellipsis, *rest)] if rest else out
+        y0, y1, sy = _span(ys, h)
+        x0, x1, sx = _span(xs, w)
+        out = self.region(y0, y1, x0, x1)
+        pick = (
+            slice(None, None, sy) if isinstance(ys, slice) else 0,
+            slice(None, None, sx) if isinstance(xs, slice) else 0,
+        )
+        return out[(*pick, *key[2:])]
 
     def __array__(self, dtype=None, copy=None):
         out = self[:, :]
         return out if dtype is None else out.astype(dtype)
 
+    def _zeros(self, h: int, w: int) -> np.ndarray:
+        return np.zeros((h, w, *self.shape[2:]), self.dtype)
+
     def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """RGBA of [y0:y1, x0:x1]: what is ready, transparent elsewhere; asks for the rest."""
-        out = np.zeros((max(0, y1 - y0), max(0, x1 - x0), 4), np.uint8)
+        """[y0:y1, x0:x1]: what is ready, zeros elsewhere; asks for the rest."""
+        out = self._zeros(max(0, y1 - y0), max(0, x1 - x0))
         if out.size == 0 or max(out.shape[:2]) > MAX_SIDE:
             return out
         b = self.block
@@ -97,7 +108,7 @@ class LiveLevel:
                 out[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0] = block[
                     sy.start - by : sy.stop - by, sx.start - bx : sx.stop - bx
                 ]
-        if missing:
+        if missing and self.asking:
             # NEARBY, not VISIBLE: napari slices on every step of a pan, and the
             # views it passes through must not queue ahead of the one the camera
             # comes to rest on (LiveResult.follow_view asks for that at VISIBLE).
@@ -126,7 +137,7 @@ class LiveLevel:
         if absent:
             missing.extend(absent)
             return None
-        block = self.plan.assemble_rgba(*box, lambda r, c: ready[r, c].tile)
+        block = self._compose(box, ready)
         self._blocks[key] = block
         self._cached_bytes += block.nbytes
         while self._cached_bytes > BLOCK_CACHE_BYTES:
@@ -142,14 +153,84 @@ class LiveLevel:
         return sum(self.level.ready(*rc) is not None for rc in tiles) / len(tiles)
 
 
+def _span(k, n: int) -> tuple[int, int, int]:
+    """(start, stop, step) of one axis index (a slice or an integer) of length n."""
+    if isinstance(k, slice):
+        return k.indices(n)
+    i = int(k)
+    i = i + n if i < 0 else i
+    return i, i + 1, 1
+
+
+class LiveLevel(_LiveArray):
+    """One level of a live result: RGBA, stained pixels opaque and glass transparent."""
+
+    ndim = 3
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, level, on_miss=None):
+        super().__init__(level, on_miss)
+        h, w = self.plan.shape
+        self.shape = (h, w, 4)
+        # napari widens its view to chunk boundaries and re-slices a multiscale
+        # layer only when the view leaves them; without chunks it re-slices on
+        # every camera step of a pan. 256 (not the tile step): a wider texture
+        # makes each crossing cost more than the re-slices it saves.
+        self.chunks = (256, 256, 4)
+
+    def _compose(self, box, ready: dict) -> np.ndarray:
+        return self.plan.assemble_rgba(*box, lambda r, c: ready[r, c].tile)
+
+
+class LiveExtra(_LiveArray):
+    """One level of an extra output of a live result, from the same tiles as its image.
+
+    kind "labels": the probability blended, then thresholded at one half as a
+    batch run writes it: uint8 0/1. kind "image": the blended float32 map.
+    Not ready and glass read 0 (no label; nothing, with additive blending).
+    """
+
+    ndim = 2
+
+    def __init__(self, level, name: str, kind: str, on_miss=None):
+        super().__init__(level, on_miss)
+        self.name = name
+        self.kind = kind
+        self.dtype = np.dtype(np.uint8 if kind == "labels" else np.float32)
+        self.shape = tuple(self.plan.shape)
+        self.chunks = (256, 256)
+
+    def _compose(self, box, ready: dict) -> np.ndarray:
+        plane = self.plan.assemble_extra(*box, lambda r, c: ready[r, c].extras[self.name])
+        if self.kind == "labels":
+            return (plane >= 0.5).astype(np.uint8)
+        return plane
+
+    def high(self, y0: int, y1: int, x0: int, x1: int) -> float | None:
+        """A display maximum from what is ready in the box (its 99.5th percentile above
+        zero), or None while nothing there is."""
+        values = self.region(y0, y1, x0, x1)
+        values = values[values > 0]
+        return float(np.percentile(values, 99.5)) if values.size else None
+
+
 # Live results by their layer, so the QA widget finds the one behind a layer.
 _LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def live_result_of(layer) -> LiveResult | None:
-    """The running live result shown in ``layer``, if any."""
+    """The running live result shown in ``layer`` (its image or an extra), if any."""
     live = _LIVE.get(id(layer))
-    return live if live is not None and not live.closed and live.layer is layer else None
+    if live is None or live.closed or not any(la is layer for la in live.layers):
+        return None
+    return live
+
+
+def _place(layers, layer, below) -> None:
+    """Move ``layer`` to right above ``below``."""
+    under, mine = layers.index(below), layers.index(layer)
+    if mine != under + 1:
+        layers.move(mine, under + 1 if mine > under else under)
 
 
 class _Bridge(QObject):
@@ -165,9 +246,20 @@ class LiveResult:
         layer (it starts and owns its engine; :meth:`close` stops it).
     on_progress: called on the main thread with each engine Progress.
     target: the target the job was fitted to, for the QA widget's colour match.
+    extras: {extra output of the stainer: layer name}, shown above the image in
+        this order from the same tiles: "labels" extras as a Labels layer (0/1),
+        "image" ones as a float image in EXTRA_COLORMAP, hidden at first and
+        additive so that zero (glass, not ready) shows nothing; its contrast is
+        fitted once, to the first tiles on screen.
+    reuse: layers of these names that an earlier, stopped live result over the
+        same source left are given the new data, rather than new layers added
+        beside them (their display settings stay).
     """
 
-    def __init__(self, viewer, source, pyramid, name: str, on_progress=None, target=None):
+    def __init__(
+        self, viewer, source, pyramid, name: str, on_progress=None, target=None, extras=None,
+        reuse: bool = False,
+    ):  # fmt: skip
         self.viewer = viewer
         self.source = source
         self.pyramid = pyramid
@@ -192,23 +284,92 @@ class LiveResult:
         scale = tuple(source.scale[-2:])
         translate = tuple(source.translate[-2:])
         self.geometry = level_geometries(shapes, scale, translate)
-        self.layer = viewer.add_image(
+        self._reuse = reuse
+        self.layer = self._reused(name, "Image", data) or viewer.add_image(
             data, rgb=True, multiscale=len(self.levels) > 1, name=name, scale=scale,
             translate=translate, units=tuple(source.units[-2:]), contrast_limits=(0, 255),
             metadata={"napari_stainfuser": "live result", "source": source.name},
         )  # fmt: skip
-        # Right above the source.
-        layers = viewer.layers
-        src, mine = layers.index(source), layers.index(self.layer)
-        if mine != src + 1:
-            layers.move(mine, src + 1 if mine > src else src)
+        _place(viewer.layers, self.layer, source)
+        self.extras: dict[str, list[LiveExtra]] = {}
+        self.extra_layers: dict[str, object] = {}
+        self._unfitted: set[str] = set()
+        self._add_extras(dict(extras or {}), scale, translate, tuple(source.units[-2:]))
         viewer.camera.events.center.connect(self._on_camera)
         viewer.camera.events.zoom.connect(self._on_camera)
         viewer.layers.events.removed.connect(self._on_removed)
-        _LIVE[id(self.layer)] = self
+        for layer in self.layers:
+            _LIVE[id(layer)] = self
         self.last_request = None
         self.first_landed_at: float | None = None
         self.follow_view()
+
+    def _add_extras(self, names: dict, scale, translate, units) -> None:
+        kinds = {e.name: e.kind for e in self.pyramid.job.spec.extras}
+        unknown = sorted(set(names) - set(kinds))
+        if unknown:
+            raise ParameterError(
+                f"extras: the stainer gives no {', '.join(unknown)} "
+                f"(it gives: {', '.join(kinds) or 'none'})"
+            )
+        below = self.layer
+        for extra, layer_name in names.items():
+            kind = kinds[extra]
+            levels = [LiveExtra(lv, extra, kind) for lv in self.pyramid.levels]
+            common = {
+                "name": layer_name, "multiscale": len(levels) > 1, "scale": scale,
+                "translate": translate, "units": units,
+                "metadata": {"napari_stainfuser": "live extra", "source": self.source.name,
+                             "extra": extra},
+            }  # fmt: skip
+            data = levels if len(levels) > 1 else levels[0]
+            if kind == "labels":
+                layer = self._reused(layer_name, "Labels", data) or self.viewer.add_labels(
+                    data, opacity=LABELS_OPACITY, **common
+                )
+                layer.editable = False  # it is computed: there is nothing to paint into
+            else:
+                # Limits given until the first tiles land (fitted then): a float
+                # layer would otherwise read its data to find them. Hidden at first:
+                # added over the image, it would tint all of it.
+                layer = self._reused(layer_name, "Image", data) or self.viewer.add_image(
+                    data, colormap=EXTRA_COLORMAP, blending="additive", contrast_limits=(0, 1),
+                    visible=False, **common,
+                )  # fmt: skip
+                self._unfitted.add(extra)
+            _place(self.viewer.layers, layer, below)
+            below = layer
+            self.extras[extra] = levels
+            self.extra_layers[extra] = layer
+        if names:
+            self.viewer.layers.selection.active = self.layer  # its controls, not the last extra's
+
+    def _reused(self, name: str, kind: str, data):
+        """The layer ``name`` with ``data`` in it, when reuse applies to it (see the class
+        docstring); else None. Reusing also keeps Labels layers from being removed and
+        added in one go, which can crash napari 0.9's renderer."""
+        if not self._reuse or name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        meta = layer.metadata or {}
+        levels = data if isinstance(data, list) else [data]
+        same = (
+            type(layer).__name__ == kind
+            and meta.get("napari_stainfuser") in ("live result", "live extra")
+            and meta.get("source") == self.source.name
+            and layer.multiscale == (len(levels) > 1)
+            and [tuple(s) for s in layer.level_shapes] == [lv.shape[:2] for lv in levels]
+            and live_result_of(layer) is None
+        )
+        if not same:
+            return None
+        layer.data = data
+        return layer
+
+    @property
+    def layers(self) -> list:
+        """The image layer and the extra layers still in the viewer."""
+        return [self.layer, *self.extra_layers.values()]
 
     # -- following the camera -------------------------------------------------------
 
@@ -265,8 +426,28 @@ class LiveResult:
             self.on_progress(progress)
 
     def _do_refresh(self) -> None:
-        if not self._closed:
-            self.layer.refresh(extent=False)  # tiles landing never change the extent
+        if self._closed:
+            return
+        for layer in self.layers:
+            layer.refresh(extent=False)  # tiles landing never change the extent
+        if self._unfitted:
+            self._fit_contrast()
+
+    def _fit_contrast(self) -> None:
+        """Fit each float extra's display range once, to what is on screen (as
+        napari's "once" does), as soon as some of it is ready."""
+        k, box = self.visible_box()
+        if box is None:
+            return
+        for extra in list(self._unfitted):
+            layer = self.extra_layers.get(extra)
+            high = self.extras[extra][k].high(*box)
+            if layer is None or high is None:
+                continue
+            high = max(high, 1e-6)
+            layer.contrast_limits_range = (0.0, high)
+            layer.contrast_limits = (0.0, high)
+            self._unfitted.discard(extra)
 
     def filled_fraction(self) -> float:
         k, box = self.visible_box()
@@ -277,14 +458,22 @@ class LiveResult:
     def _on_removed(self, event) -> None:
         if event.value is self.layer or event.value is self.source:
             self.close()
+            return
+        for extra, layer in list(self.extra_layers.items()):
+            if event.value is layer:
+                del self.extra_layers[extra]
 
     def close(self) -> None:
-        """Stop the work: timers, camera hooks, the engine (its threads joined)."""
+        """Stop the work: timers, camera hooks, the engine (its threads then end once
+        the batch it is staining, if any, is done)."""
         if self._closed:
             return
         self._closed = True
         self._refresh.stop()
         self._settle.stop()
+        # The layers stay, showing what was computed; a stopped engine takes no requests.
+        for level in (*self.levels, *(lv for lvs in self.extras.values() for lv in lvs)):
+            level.asking = False
         for emitter, cb in (
             (self.viewer.camera.events.center, self._on_camera),
             (self.viewer.camera.events.zoom, self._on_camera),
@@ -292,7 +481,12 @@ class LiveResult:
         ):
             emitter.disconnect(cb)
         self.pyramid.engine.on_progress = None
-        self.pyramid.close()
+        # Queued tiles are dropped now; the batch on the device cannot be stopped
+        # and may take many seconds (a diffusion model on a CPU), so its end is
+        # waited for (the engine's threads joined) off the UI thread.
+        for level in self.pyramid.levels:
+            level.cancel_pending()
+        threading.Thread(target=self.pyramid.close, name="stainfuser-live-close").start()
 
     @property
     def closed(self) -> bool:

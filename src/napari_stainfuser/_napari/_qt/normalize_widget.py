@@ -100,7 +100,11 @@ def _pixmap(rgb: np.ndarray) -> QPixmap:
 
 
 class _PathRow(QWidget):
-    def __init__(self, caption: str, filters: str, parent=None, save: bool = False):
+    """A path and its "…" picker: a file to open or save, or a folder (``folder``)."""
+
+    def __init__(
+        self, caption: str, filters: str, parent=None, save: bool = False, folder: bool = False
+    ):
         super().__init__(parent)
         self.edit = QLineEdit()
         self.button = QPushButton("…")
@@ -109,12 +113,15 @@ class _PathRow(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.edit)
         lay.addWidget(self.button)
-        self._caption, self._filters, self._save = caption, filters, save
+        self._caption, self._filters, self._save, self._folder = caption, filters, save, folder
         self.button.clicked.connect(self.browse)
 
     def browse(self) -> None:
-        pick = QFileDialog.getSaveFileName if self._save else QFileDialog.getOpenFileName
-        path, _ = pick(self, self._caption, self.edit.text(), self._filters)
+        if self._folder:
+            path = QFileDialog.getExistingDirectory(self, self._caption, self.edit.text())
+        else:
+            pick = QFileDialog.getSaveFileName if self._save else QFileDialog.getOpenFileName
+            path, _ = pick(self, self._caption, self.edit.text(), self._filters)
         if path:
             self.edit.setText(path)
             self.edit.editingFinished.emit()
