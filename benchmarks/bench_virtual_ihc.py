@@ -100,8 +100,8 @@ def main() -> int:
         weights = weights or trained
 
     held_out = tmp / "held-out"
-    write_synthetic_pairs(held_out, 16, tile=128, marker="CD3", seed=23, mpp=1.0)
-    print(f"\nquality against steps on 16 held-out synthetic CD3 pairs ({weights})")
+    write_synthetic_pairs(held_out, 8, tile=128, marker="CD3", seed=23, mpp=1.0)
+    print(f"\nquality against steps on 8 held-out synthetic CD3 pairs ({weights})")
     print(f"{'sampler':>8} {'steps':>6} {'mask Dice':>10} {'PSNR (dB)':>10} {'s/tile':>8}")
     baselines = None
     for sampler in ("ddim", "dpm++"):
@@ -110,7 +110,7 @@ def main() -> int:
                                     device=args.device, tile_size=128)  # fmt: skip
             t0 = time.perf_counter()
             ev = evaluate_virtual_ihc(held_out, model)
-            per = (time.perf_counter() - t0) / 16
+            per = (time.perf_counter() - t0) / 8
             mean = ev.rows[-1]
             baselines = ev.baselines
             print(f"{sampler:>8} {steps:>6} {mean['mask_dice']:>10.3f} {mean['psnr']:>10.2f} "
