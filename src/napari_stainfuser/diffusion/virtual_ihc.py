@@ -189,7 +189,7 @@ def sample(
     h, w = he.shape[-2:]
     feats = networks.encode(he)
     feats = [f.repeat_interleave(k, 0) for f in feats]
-    ctx = {n: c for n, c in networks.contexts(feats).items()}
+    ctx = networks.contexts(feats)
     marker = marker.repeat_interleave(k, 0)
     flat = noise.reshape(b * k, PER_SAMPLE, h, w)
     x = {"ihc": flat[:, :3], "mask": flat[:, 3:]}

@@ -10,6 +10,7 @@ against the same references, so the table says whether the model beats them.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,8 +59,6 @@ def evaluate_virtual_ihc(pairs_dir, model, *, keep: bool = False, progress=None)
         row = {"name": pair.name, **tile_metrics(real, virtual, predicted_mask=predicted,
                                                    true_mask=reference)}  # fmt: skip
         rows.append(row)
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoDABWarning)
             real_dab = coarse_mask(real)

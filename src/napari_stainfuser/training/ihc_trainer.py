@@ -25,8 +25,6 @@ import contextlib
 import csv
 import dataclasses
 import itertools
-import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +34,20 @@ from tqdm import tqdm
 
 from ..atomic import write_json_atomic
 from ..errors import ParameterError, opt
-from .trainer import LossLog, _resolve_device, _resolve_precision
+from .trainer import (
+    CONFIG_NAME,
+    LOSS_LOG,
+    LossLog,
+    _check_resumable,
+    _resolve_device,
+    _resolve_precision,
+    latest_checkpoint,
+    restore_run_state,
+    save_run_checkpoint,
+)
 from .triplets import StepBatchSampler, mix_seed
 
-CONFIG_NAME = "train_config.json"
-LOSS_LOG = "loss.csv"
 LOSS_FIELDS = ("step", "epoch", "loss", "ihc_loss", "mask_loss", "lr", "seconds")
-STATE_NAME = "training_state.pt"
 CONFIGS = ("tiny", "base")
 _RESUMABLE_CHANGES = {"steps", "resume", "progress", "checkpoint_every", "keep_checkpoints"}
 
@@ -105,29 +110,9 @@ class IHCTrainConfig:
         return dataclasses.asdict(self)
 
 
-def _checkpoints(out: Path) -> list[tuple[int, Path]]:
-    found = []
-    for p in (out / "checkpoints").glob("step-*"):
-        if p.is_dir() and not p.name.endswith(".partial") and (p / STATE_NAME).is_file():
-            found.append((int(p.name.split("-", 1)[1]), p))
-    return sorted(found)
-
-
 def read_loss_log(out) -> list[dict]:
     with open(Path(out) / LOSS_LOG, newline="", encoding="utf-8") as fh:
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
-
-
-def _check_resumable(out: Path, cfg: IHCTrainConfig) -> None:
-    path = out / CONFIG_NAME
-    if not path.is_file():
-        return
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    now = cfg.settings()
-    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k])
-    if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ParameterError(f"{out}: cannot resume with different settings ({detail})")
 
 
 def noised(x0, scheduler, gen, device):
@@ -160,28 +145,15 @@ def joint_loss(networks, scheduler, batch, gen, device, weights, autocast):
 def _save(out, step, networks, optimizer, scaler, meta, keep) -> Path:
     from ..diffusion.virtual_ihc import save_checkpoint
 
-    root = out / "checkpoints"
-    final, partial = root / f"step-{step:08d}", root / f"step-{step:08d}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    torch.save(
-        {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        },
-        partial / STATE_NAME,
+    training = {"training": {**meta["training"], "steps": step}}
+    return save_run_checkpoint(
+        out,
+        step,
+        optimizer,
+        scaler,
+        keep,
+        lambda folder: save_checkpoint(networks, folder, training),
     )
-    save_checkpoint(networks, partial, {"training": {**meta["training"], "steps": step}})
-    if final.exists():
-        shutil.rmtree(final)
-    partial.rename(final)
-    if keep:
-        for _, old in _checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _dataset(cfg: IHCTrainConfig):
@@ -210,9 +182,8 @@ def train_virtual_ihc(cfg: IHCTrainConfig, callback=None, budget_s: float | None
     precision = _resolve_precision(cfg.precision, device)
     resume_from = None
     if cfg.resume:
-        _check_resumable(out, cfg)
-        found = _checkpoints(out)
-        resume_from = found[-1][1] if found else None
+        _check_resumable(out, cfg, _RESUMABLE_CHANGES)
+        resume_from = latest_checkpoint(out)
     elif (out / CONFIG_NAME).exists():
         raise ParameterError(
             f"{out} already holds a training run; pass --resume to continue it or choose a new folder"
@@ -225,13 +196,7 @@ def train_virtual_ihc(cfg: IHCTrainConfig, callback=None, budget_s: float | None
         networks = build(preset(cfg.config, markers, cfg.tile, cfg.mpp), cfg.seed).to(device)
     optimizer = torch.optim.AdamW(networks.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    start = 0
-    if resume_from is not None:
-        state = torch.load(resume_from / STATE_NAME, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        start = int(state["step"])
+    start = 0 if resume_from is None else restore_run_state(resume_from, optimizer, scaler)
     if start >= cfg.steps:
         return resume_from
     from diffusers import DDPMScheduler

@@ -202,7 +202,11 @@ def _load_model(cfg: TrainConfig, device: torch.device, resume_from: Path | None
     return StainFuser.load(cfg.init, config_dir=cfg.config_dir, device=device)
 
 
-def _check_resumable(out: Path, cfg: TrainConfig) -> None:
+def _check_resumable(out: Path, cfg, resumable=_RESUMABLE_CHANGES) -> None:
+    """Refuse to resume ``out`` with settings other than ``resumable`` changed.
+
+    ``cfg`` is any run's settings object with ``settings() -> dict`` (this
+    loop's and the virtual-IHC loop's)."""
     path = out / CONFIG_NAME
     if not path.is_file():
         return
@@ -211,7 +215,7 @@ def _check_resumable(out: Path, cfg: TrainConfig) -> None:
     except (OSError, json.JSONDecodeError) as exc:
         raise ParameterError(f"{path}: cannot read the run's settings ({exc})") from None
     now = cfg.settings()
-    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k])
+    changed = sorted(k for k in now if k not in resumable and saved.get(k) != now[k])
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         raise ParameterError(f"{out}: cannot resume with different settings ({detail})")
@@ -220,6 +224,16 @@ def _check_resumable(out: Path, cfg: TrainConfig) -> None:
 def _save(out, step, model, optimizer, scaler, meta, keep) -> Path:
     from ..diffusion import save_checkpoint
 
+    return save_run_checkpoint(
+        out, step, optimizer, scaler, keep,
+        lambda folder: save_checkpoint(model, folder, {**meta, "steps": step}),
+    )  # fmt: skip
+
+
+def save_run_checkpoint(out, step, optimizer, scaler, keep, write_model) -> Path:
+    """``out/checkpoints/step-N``: the optimizer, scaler and RNG states, plus what
+    ``write_model(folder)`` writes; built as ``.partial`` and renamed when
+    complete, keeping the newest ``keep`` (0: all)."""
     root = out / "checkpoints"
     final = root / f"step-{step:08d}"
     partial = root / f"step-{step:08d}.partial"
@@ -234,7 +248,7 @@ def _save(out, step, model, optimizer, scaler, meta, keep) -> Path:
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
     torch.save(state, partial / STATE_NAME)
-    save_checkpoint(model, partial, {**meta, "steps": step})
+    write_model(partial)
     if final.exists():
         shutil.rmtree(final)
     partial.rename(final)
@@ -242,6 +256,18 @@ def _save(out, step, model, optimizer, scaler, meta, keep) -> Path:
         for _, old in _checkpoint_dirs(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def restore_run_state(checkpoint: Path, optimizer, scaler) -> int:
+    """Load what :func:`save_run_checkpoint` saved into ``optimizer``, ``scaler``
+    and torch's RNGs; return the step it was saved at."""
+    state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"])
 
 
 def train(cfg: TrainConfig, callback=None) -> Path:
@@ -279,15 +305,7 @@ def train(cfg: TrainConfig, callback=None) -> Path:
         eps=cfg.adam_eps,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    start = 0
-    if resume_from is not None:
-        state = torch.load(resume_from / STATE_NAME, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        start = int(state["step"])
+    start = 0 if resume_from is None else restore_run_state(resume_from, optimizer, scaler)
     if start >= cfg.steps:
         return resume_from
     scheduler = training_scheduler(model.configs.scheduler)
