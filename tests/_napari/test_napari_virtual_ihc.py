@@ -220,7 +220,7 @@ def test_live_shows_the_ihc_its_mask_and_its_uncertainty_as_stain_slide_writes_t
     w.whole_slide(str(out))
     assert pump(60, lambda: "stain" in w.status.text()), w.status.text()
     w.cancel()
-    assert pump(120, lambda: w._batch is None)
+    assert pump(120, lambda: not w.whole.running)
     assert "cancelled" in w.status.text() and work_dir(out).is_dir() and not out.exists()
     w.whole_slide(str(out))
     assert "resumed" in w.status.text()

@@ -310,10 +310,10 @@ def test_a_whole_slide_run_cancelled_resumes(viewer, tmp_path):
     w.whole_slide(str(out))
     assert pump(60, lambda: "stain" in w.status.text()), w.status.text()
     w.cancel()
-    assert pump(60, lambda: w._batch is None)
+    assert pump(60, lambda: not w.whole.running)
     assert work_dir(out).is_dir() and not out.exists()
     w.whole_slide(str(out))  # continues the run
-    assert pump(120, lambda: out.is_dir() and w._batch is None), w.status.text()
+    assert pump(120, lambda: out.is_dir() and not w.whole.running), w.status.text()
 
 
 def test_screenshots_of_the_widgets_and_a_half_filled_live_result(viewer, tmp_path):

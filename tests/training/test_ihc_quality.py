@@ -6,16 +6,21 @@ true mask of the CD3-positive cells (75 % of the lymphocytes, chosen at
 random: the H&E shows the lymphocytes, not which of them are CD3-positive,
 so a perfect model's Dice is well below 1).
 
-Measured (80 steps of 8 × 64² tiles, 5 DDIM steps, 8 held-out 128² tiles):
+Measured (150 steps of 8 × 64² tiles, 5 DDIM steps, 8 held-out 128² tiles):
 the numbers are printed by the test (``pytest -s``) and quoted in the README.
+After 80 steps the IHC branch's brown was still too faint and blurred for the
+DAB threshold (DAB-mask Dice 0.27 against the all-negative 0.25); 150 steps
+is the shortest training tried that beats the baselines clearly.
 """
+
+import warnings
 
 import numpy as np
 import pytest
 
 from napari_stainfuser.diffusion.virtual_ihc import VirtualIHC
 from napari_stainfuser.metrics.ihc import baseline_metrics, mask_metrics
-from napari_stainfuser.training.coarse_mask import coarse_mask
+from napari_stainfuser.training.coarse_mask import NoDABWarning, coarse_mask
 from napari_stainfuser.training.ihc_data import write_synthetic_pairs
 from napari_stainfuser.training.ihc_eval import evaluate_virtual_ihc
 from napari_stainfuser.training.ihc_trainer import (
@@ -24,7 +29,7 @@ from napari_stainfuser.training.ihc_trainer import (
     train_virtual_ihc,
 )
 
-STEPS = 80
+STEPS = 150
 # The coarse-mask defaults are for ~0.5 µm/px; at the synthetic pairs' 1 µm/px a
 # lymphocyte is about 40 px², so the smallest object kept is scaled down.
 DAB_MASK = {"min_size": 10, "closing_radius": 1}
@@ -75,12 +80,6 @@ def test_on_unseen_tiles_the_mask_branch_beats_the_trivial_masks(trained):
     assert mean["psnr"] > he_psnr + 3
 
 
-@pytest.mark.xfail(
-    reason="after 80 CPU steps the IHC branch's brown is too faint to pass the DAB "
-    "threshold: its DAB-mask Dice with the true mask was 0.25, the all-negative baseline's "
-    "(2 of 8 tiles have no positive cell); issue 11 stays open on this",
-    strict=False,
-)
 def test_on_unseen_tiles_the_virtual_ihcs_dab_beats_the_trivial_masks(trained):
     checkpoint, root = trained
     model = VirtualIHC.load(checkpoint, marker="CD3", steps=5, tile_size=128)
@@ -90,7 +89,9 @@ def test_on_unseen_tiles_the_virtual_ihcs_dab_beats_the_trivial_masks(trained):
     ours, neg, pos = [], [], []
     for p in ev.predictions.values():
         truth = p["reference"]
-        ours.append(mask_metrics(coarse_mask(p["ihc"], **DAB_MASK), truth)["dice"])
+        with warnings.catch_warnings():  # a tile without positive cells has no DAB
+            warnings.simplefilter("ignore", NoDABWarning)
+            ours.append(mask_metrics(coarse_mask(p["ihc"], **DAB_MASK), truth)["dice"])
         base = baseline_metrics(truth)
         neg.append(base["all-negative"]["mask_dice"])
         pos.append(base["all-positive"]["mask_dice"])

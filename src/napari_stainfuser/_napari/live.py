@@ -41,9 +41,20 @@ MAX_SIDE = 8192
 # the same blocks many times, and composing one (blend, resample, alpha) costs
 # milliseconds of UI time.
 BLOCK_CACHE_BYTES = 256 * 2**20
-# Extra outputs shown live: float maps in this colormap, label images at this opacity.
+# Extra outputs shown live: float maps in this colormap; label images as outlines
+# this many pixels thick (napari draws them at data resolution), so the stain under a cell stays visible, in a colour
+# that neither DAB brown nor hematoxylin blue is.
 EXTRA_COLORMAP = "magma"
-LABELS_OPACITY = 0.5
+LABELS_CONTOUR = 1
+LABELS_COLOR = "lime"
+
+
+def style_mask(layer) -> None:
+    """Show a cell-mask Labels layer as outlines over the stain it was computed from."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    layer.colormap = DirectLabelColormap(color_dict={None: "transparent", 1: LABELS_COLOR})
+    layer.contour = LABELS_CONTOUR
 
 
 class _LiveArray:
@@ -325,8 +336,9 @@ class LiveResult:
             data = levels if len(levels) > 1 else levels[0]
             if kind == "labels":
                 layer = self._reused(layer_name, "Labels", data) or self.viewer.add_labels(
-                    data, opacity=LABELS_OPACITY, **common
+                    data, **common
                 )
+                style_mask(layer)
                 layer.editable = False  # it is computed: there is nothing to paint into
             else:
                 # Limits given until the first tiles land (fitted then): a float

@@ -123,7 +123,6 @@ def demo(out: Path, size=4096, method="macenko", seed=0, overwrite=False, progre
 
     from ..atomic import write_json_atomic
     from ..batch import normalize_slide
-    from ..errors import SlideWriteError
     from ..metrics import image_metrics
     from ..progress import TqdmProgress, step
     from ..slide import open_slide, write_pyramid
@@ -152,12 +151,7 @@ def demo(out: Path, size=4096, method="macenko", seed=0, overwrite=False, progre
         "montage": out / "montage.png",
         "metrics": out / "metrics.json",
     }
-    existing = [str(p) for p in files.values() if p.exists()]
-    if existing and not overwrite:
-        raise SlideWriteError(
-            f"{existing[0]}: exists ({len(existing)} demo output(s) in {out}); "
-            "pass --overwrite to replace them"
-        )
+    existing_outputs(files, out, overwrite)
     write_png_atomic(files["target"], target)
 
     def rendering(p):  # the source is rendered as it is written
@@ -236,3 +230,16 @@ def _save_montage(panels, path: Path) -> None:
         draw.text((x + 6, 4), label, fill=(0, 0, 0), font=font)
         x += img.shape[1] + gap
     write_png_atomic(path, np.asarray(canvas))
+
+
+def existing_outputs(files: dict, out, overwrite: bool) -> list[str]:
+    """The demo outputs already in ``out``; refused unless ``overwrite``."""
+    from ..errors import SlideWriteError
+
+    existing = [str(p) for p in files.values() if p.exists()]
+    if existing and not overwrite:
+        raise SlideWriteError(
+            f"{existing[0]}: exists ({len(existing)} demo output(s) in {out}); "
+            "pass --overwrite to replace them"
+        )
+    return existing

@@ -44,13 +44,13 @@ def demo_ihc(
     """Run the demo into ``out`` (see the module docstring); returns metrics and files."""
     from ..atomic import write_json_atomic
     from ..batch import stain_slide
-    from ..errors import SlideWriteError
     from ..metrics.ihc import baseline_metrics, format_table, tile_metrics
     from ..slide import open_slide
     from ..slide.synthetic import SyntheticTissue
     from ..training.coarse_mask import CoarseMaskParams
     from ..training.ihc_data import write_synthetic_pairs
     from ..training.ihc_trainer import IHCTrainConfig, read_loss_log, train_virtual_ihc
+    from .demo import existing_outputs
 
     out = Path(out)
     files = {
@@ -61,12 +61,7 @@ def demo_ihc(
         "montage": out / "montage.png",
         "metrics": out / "metrics.json",
     }
-    existing = [str(p) for p in files.values() if p.exists()]
-    if existing and not overwrite:
-        raise SlideWriteError(
-            f"{existing[0]}: exists ({len(existing)} demo output(s) in {out}); "
-            "pass --overwrite to replace them"
-        )
+    existing = existing_outputs(files, out, overwrite)
     import shutil
 
     for p in existing:

@@ -1,8 +1,8 @@
 """`stainfuser normalize`: re-render a whole slide in a target stain."""
 
-from pathlib import Path
-
 from ..methods import METHODS, SAMPLERS
+from ._run import add_run_options, checked_output, run_options
+from ._run import run as run_slide
 
 
 def add_parser(sub) -> None:
@@ -46,50 +46,26 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--tile", type=int, help="tile size in px, 16-8192 (default: the method's)")
     p.add_argument("--overlap", type=int, help="tile overlap in px (default: the method's)")
-    p.add_argument("--level", type=int, default=0, help="pyramid level to stain (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="noise / sampling seed (default: 0)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
-    p.add_argument("--batch-size", type=int, help="tiles per device call")
-    p.add_argument(
-        "--scheduler",
-        help="dask scheduler: local, local:N or tcp://host:port (default: this process)",
-    )
-    p.add_argument("--mpp", type=float, help="µm/px of level 0 when the file does not say")
-    p.add_argument("--compression", default="auto", help="jpeg, zlib, zstd, lzw, gzip or none")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100 (default: 90)")
-    p.add_argument("--no-tissue", action="store_true", help="stain glass too (no tissue mask)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     # Describe and check everything first: the light modules only, so a
     # mistake is reported before torch, dask or a model loads.
-    from ..batch.output import OutputSpec
-    from ..batch.schedulers import parse_scheduler
     from ..job import SlideJob
 
     params = {k: v for k in ("precision", "preprocess") if (v := getattr(args, k)) is not None}
     job = SlideJob.create(
         args.slide, method=args.method, target=args.target, weights=args.weights,
         sampler=args.sampler, steps=args.steps, tile=args.tile, overlap=args.overlap,
-        level=args.level, seed=args.seed, device=args.device, batch_size=args.batch_size,
-        tissue=not args.no_tissue, mpp=args.mpp, **params,
+        seed=args.seed, **run_options(args), **params,
     )  # fmt: skip
-    out = OutputSpec.create(args.output, args.compression, args.quality)
-    parse_scheduler(args.scheduler)
+    out = checked_output(args)
     if args.distill:
         job = _distilled(job, args)
-    from ..batch.run import run_job
-
-    path = run_job(
-        job, out, resume=args.resume, overwrite=args.overwrite, scheduler=args.scheduler,
-        progress=not args.no_progress,
-    )  # fmt: skip
-    print(f"wrote {Path(path)}")
-    return 0
+    return run_slide(job, out, args)
 
 
 def _distilled(job, args):

@@ -212,7 +212,8 @@ def baseline_metrics(true_mask, *, prefix: str = "mask") -> dict[str, dict[str, 
     return out
 
 
-def _nanmean(values: list[float]) -> float:
+def nanmean(values: list[float]) -> float:
+    """The mean of the values that are not NaN (NaN if none is), without numpy's warning."""
     finite_or_inf = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite_or_inf)) if finite_or_inf else NAN
 
@@ -224,7 +225,7 @@ def evaluate_rows(rows: list[dict]) -> list[dict]:
     """
     mean = {"name": "mean"}
     for key in METRICS:
-        mean[key] = _nanmean([float(r[key]) for r in rows if key in r])
+        mean[key] = nanmean([float(r[key]) for r in rows if key in r])
     return [*rows, mean]
 
 

@@ -204,9 +204,10 @@ def _ihc(marker):
         elif compartment == "membrane":
             cell = c.pos
             # Membrane seen edge-on is darkest; above and below the nucleus it is
-            # seen face-on, so the whole cell is brown.
+            # seen face-on, so the whole cell is brown, dark enough for the
+            # published DAB threshold (tests/slide/test_synthetic.py).
             dab = np.clip(cell - nuc_a, 0, None)
-            dab += F32(0.45) * cell
+            dab += F32(0.9) * cell
         else:
             cell = c.pos
             dab = F32(1.6) * cell

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..metrics.ihc import baseline_metrics, evaluate_rows, tile_metrics
+from ..metrics.ihc import baseline_metrics, evaluate_rows, nanmean, tile_metrics
 from .ihc_data import find_pairs, pair_arrays
 
 
@@ -73,7 +73,5 @@ def evaluate_virtual_ihc(pairs_dir, model, *, keep: bool = False, progress=None)
     baselines = {}
     for label, values in base.items():
         keys = {k for v in values for k in v}
-        baselines[label] = {
-            k: float(np.nanmean([v[k] for v in values if k in v])) for k in sorted(keys)
-        }
+        baselines[label] = {k: nanmean([v[k] for v in values if k in v]) for k in sorted(keys)}
     return Evaluation(evaluate_rows(rows), baselines, kept)

@@ -232,8 +232,11 @@ def train_virtual_ihc(cfg: IHCTrainConfig, callback=None, budget_s: float | None
     }
     weights = {"ihc": cfg.ihc_weight, "mask": cfg.mask_weight}
     n_params = sum(p.numel() for p in networks.parameters())
-    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, unit="step",
-               desc=f"virtual IHC ({cfg.config}, {n_params / 1e6:.1f}M parameters)")  # fmt: skip
+    desc = f"virtual IHC ({cfg.config}, {n_params / 1e6:.1f}M parameters)"
+    if budget_s is not None:  # the budget, not the step count, ends this run
+        desc += f", {budget_s:.0f} s budget"
+    bar = tqdm(total=cfg.steps if budget_s is None else None, initial=start, unit="step",
+               disable=not cfg.progress, desc=desc)  # fmt: skip
     last, step, began = resume_from, start, time.perf_counter()
     networks.train()
     try:

@@ -7,13 +7,9 @@ thread, where expected failures become one-line notifications.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from napari.qt.threading import thread_worker
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, QSettings, Qt, Signal
+from qtpy.QtCore import QSettings, Qt
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -32,6 +28,8 @@ from qtpy.QtWidgets import (
 
 from ...errors import StainFuserError
 from ..normalize_model import PRECISIONS, TARGET_KINDS, NormalizationModel
+from .threads import advance, in_thread, notify_failure
+from .whole_slide import WholeSlideRun
 
 SETTINGS = ("napari-stainfuser", "widgets")
 KIND_LABELS = {
@@ -40,56 +38,6 @@ KIND_LABELS = {
     "preset": "stain preset (.json)",
     "file": "image file",
 }
-
-
-def notify_failure(exc: BaseException) -> None:
-    """An expected failure as one line; anything else says it is unexpected."""
-    if isinstance(exc, StainFuserError):
-        show_error(" ".join(str(exc).split()))
-    else:
-        show_error(f"unexpected error: {type(exc).__name__}: {' '.join(str(exc).split())}")
-
-
-class Cancelled(Exception):
-    """Raised inside a whole-slide run's progress callback when the user cancels."""
-
-
-class Failed:
-    """An expected failure carried back from a worker thread as a value, so napari
-    does not report it as a crash with a traceback."""
-
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-def in_thread(fn, on_done, on_failed):
-    """Run ``fn()`` in a napari thread worker; ``on_done(result)`` or ``on_failed(exc)``
-    for an expected failure (a StainFuserError, a cancel) on the main thread. Anything
-    else is a bug, and napari reports it as one."""
-
-    @thread_worker
-    def work():
-        try:
-            return fn()
-        except (StainFuserError, Cancelled) as exc:
-            return Failed(exc)
-
-    def done(result):
-        if isinstance(result, Failed):
-            on_failed(result.exc)
-        else:
-            on_done(result)
-
-    worker = work()
-    worker.returned.connect(done)
-    worker.start()
-    return worker
-
-
-class _Signals(QObject):
-    """Worker-thread news for the main thread (queued Qt signals)."""
-
-    batch_progress = Signal(object)
 
 
 def _pixmap(rgb: np.ndarray) -> QPixmap:
@@ -137,15 +85,9 @@ class NormalizationWidget(QWidget):
         self.settings = QSettings(*SETTINGS)
         self.live = None
         self._worker = None
-        self._batch = None
-        self._cancel = False
         self._progress = None
-        self._batch_bar = None
         self._summary_worker = None
-        self.result_path: Path | None = None
         self._closed = False
-        self._signals = _Signals()
-        self._signals.batch_progress.connect(self._batch_progress)
 
         self.source = QComboBox()
         self.kind = QComboBox()
@@ -217,6 +159,9 @@ class NormalizationWidget(QWidget):
         self.open_button.setVisible(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.whole = WholeSlideRun(
+            "stain normalization", self.status, self.open_button, self._failed
+        )
 
         top = QFormLayout()
         top.addRow("source", self.source)
@@ -419,7 +364,7 @@ class NormalizationWidget(QWidget):
             f"live: {p.done} tiles done, {p.rate:.1f} tiles/s, {p.pending} queued ({p.what})"
         )
         # napari's bar processes events: read it once, use it last.
-        _advance(self._progress, p, f"stain normalization ({p.what})")
+        advance(self._progress, p, f"stain normalization ({p.what})")
 
     def stop_live(self) -> None:
         live, self.live = self.live, None
@@ -456,69 +401,27 @@ class NormalizationWidget(QWidget):
         except StainFuserError as exc:
             notify_failure(exc)
             return
-        self._cancel = False
-        widget, signals = self, self._signals
+        model = self.model
 
-        def run():
+        def run(report):
             from ...batch.run import run_job
 
-            def report(p):
-                if widget._cancel:
-                    raise Cancelled
-                signals.batch_progress.emit(p)
-
-            prepared = widget.model.prepare(job)  # distilled first, off the UI thread
+            prepared = model.prepare(job)  # distilled first, off the UI thread
             return run_job(
                 prepared, out, resume=out.work.exists(), overwrite=False, progress=report
             )
 
-        self._batch_bar = napari_progress(total=0, desc="whole slide")
-        self._batch = in_thread(run, self._batch_done, self._batch_failed)
-        self.open_button.setVisible(False)
-        self.status.setText(f"whole slide → {out.path.name} …")
-
-    def _batch_progress(self, p) -> None:
-        if self._batch is None:
-            return  # a report queued before the run ended
-        self.status.setText(
-            f"whole slide: {p.phase} {p.done}/{p.total}" if p.total else f"whole slide: {p.phase}"
-        )
-        # napari's bar processes events: _batch_done may run inside.
-        _advance(self._batch_bar, p, f"whole slide: {p.phase}")
-
-    def _close_batch_bar(self) -> None:
-        bar, self._batch_bar = self._batch_bar, None
-        if bar is not None:
-            bar.close()
-
-    def _batch_done(self, path) -> None:
-        self._batch = None
-        self._close_batch_bar()
-        self.result_path = Path(path)
-        self.open_button.setText(f"Open {self.result_path.name}")
-        self.open_button.setVisible(True)
-        self.status.setText(f"wrote {path}")
-        show_info(f"wrote {path}")
-
-    def _batch_failed(self, exc) -> None:
-        self._batch = None
-        self._close_batch_bar()
-        if isinstance(exc, Cancelled):
-            self.status.setText(
-                "cancelled: run Whole slide… again on the same output to continue it"
-            )
-            return
-        self._failed(exc)
+        self.whole.start(out, run)
 
     def open_result(self) -> None:
-        if self.result_path is not None:
-            self.viewer.open(str(self.result_path), plugin="napari-stainfuser")
+        if self.whole.result_path is not None:
+            self.viewer.open(str(self.whole.result_path), plugin="napari-stainfuser")
 
     # -- the rest --------------------------------------------------------------------------------
 
     def cancel(self) -> None:
         """Stop the live layer's work and any whole-slide run (which can be resumed)."""
-        self._cancel = True
+        self.whole.cancel()
         self.stop_live()
         self.status.setText("cancelled")
 
@@ -545,7 +448,7 @@ class NormalizationWidget(QWidget):
         """Everything this widget started, stopped (a whole-slide run stops at its next
         tile group and can be resumed)."""
         self._closed = True
-        self._cancel = True
+        self.whole.cancel()
         self.stop_live()
 
 
@@ -563,12 +466,3 @@ def _closer(widget):
                     w.live.pyramid.close()
 
     return close
-
-
-def _advance(bar, p, description: str) -> None:
-    """Move a napari progress bar (if any) to a Progress report."""
-    if bar is not None:
-        bar.total = max(p.total, 1)
-        bar.n = p.done
-        bar.set_description(description)
-        bar.refresh()

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 
 from ...errors import StainFuserError
 from ..qa_model import QAModel
-from .normalize_widget import in_thread, notify_failure
+from .threads import in_thread, notify_failure
 
 FLICKER_KEY = "f"
 SETTLE_MS = 300

@@ -9,8 +9,6 @@ expected failures become one-line notifications.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, QSettings, Signal
@@ -31,17 +29,11 @@ from qtpy.QtWidgets import (
 
 from ...errors import StainFuserError
 from ...job.checks import MAX_SAMPLES, MAX_STEPS
+from ..live import style_mask
 from ..virtual_ihc_model import TILES, WEIGHTS_KEY, VirtualIHCModel
-from .normalize_widget import (
-    SETTINGS,
-    Cancelled,
-    _advance,
-    _closer,
-    _PathRow,
-    _Signals,
-    in_thread,
-    notify_failure,
-)
+from .normalize_widget import SETTINGS, _closer, _PathRow
+from .threads import advance, in_thread, notify_failure
+from .whole_slide import WholeSlideRun
 
 MARKER_ROWS = 4
 
@@ -63,14 +55,8 @@ class VirtualIHCWidget(QWidget):
         self.live = None
         self._live_seq = 0
         self._worker = None
-        self._batch = None
-        self._cancel = False
         self._progress = None
-        self._batch_bar = None
-        self.result_path: Path | None = None
         self._closed = False
-        self._signals = _Signals()
-        self._signals.batch_progress.connect(self._batch_progress)
         self._news = _LiveNews()
         self._news.failed.connect(self._tile_failed)
         self._failed_seq = None
@@ -127,6 +113,7 @@ class VirtualIHCWidget(QWidget):
         self.open_button.setVisible(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.whole = WholeSlideRun("virtual IHC", self.status, self.open_button, self._failed)
 
         top = QFormLayout()
         top.addRow("H&&E", self.source)  # "&&": a lone "&" makes a shortcut
@@ -297,7 +284,7 @@ class VirtualIHCWidget(QWidget):
             f"live: {p.done} tiles done, {p.rate:.2f} tiles/s, {p.pending} queued ({p.what})"
         )
         # napari's bar processes events: read it once, use it last.
-        _advance(self._progress, p, f"virtual IHC ({p.what})")
+        advance(self._progress, p, f"virtual IHC ({p.what})")
 
     def stop_live(self) -> None:
         self._live_seq += 1  # a model still loading is dropped when it arrives
@@ -339,66 +326,19 @@ class VirtualIHCWidget(QWidget):
         except StainFuserError as exc:
             self._failed(exc)
             return
-        self._cancel = False
-        widget, signals = self, self._signals
-        resuming = out.work.exists()
-
-        def report(p):
-            if widget._cancel:
-                raise Cancelled
-            signals.batch_progress.emit(p)
-
-        self._batch_bar = napari_progress(total=0, desc="virtual IHC: whole slide")
-        self._batch = in_thread(
-            lambda: model.whole_slide(out.path, options, report),
-            self._batch_done,
-            self._batch_failed,
-        )
-        self.open_button.setVisible(False)
-        self.status.setText(f"whole slide → {out.path.name}{' (resumed)' if resuming else ''} …")
-
-    def _batch_progress(self, p) -> None:
-        if self._batch is None:
-            return  # a report queued before the run ended
-        self.status.setText(
-            f"whole slide: {p.phase} {p.done}/{p.total}" if p.total else f"whole slide: {p.phase}"
-        )
-        # napari's bar processes events: _batch_done may run inside.
-        _advance(self._batch_bar, p, f"virtual IHC: {p.phase}")
-
-    def _close_batch_bar(self) -> None:
-        bar, self._batch_bar = self._batch_bar, None
-        if bar is not None:
-            bar.close()
-
-    def _batch_done(self, path) -> None:
-        self._batch = None
-        self._close_batch_bar()
-        self.result_path = Path(path)
-        self.open_button.setText(f"Open {self.result_path.name}")
-        self.open_button.setVisible(True)
-        self.status.setText(f"wrote {path}")
-        show_info(f"wrote {path}")
-
-    def _batch_failed(self, exc) -> None:
-        self._batch = None
-        self._close_batch_bar()
-        if isinstance(exc, Cancelled):
-            self.status.setText(
-                "cancelled: run Whole slide… again on the same output to continue it"
-            )
-            return
-        self._failed(exc)
+        self.whole.start(out, lambda report: model.whole_slide(out.path, options, report))
 
     def open_result(self) -> None:
         """The written IHC, and its mask and uncertainty where the output holds them."""
-        path = self.result_path
+        path = self.whole.result_path
         if path is None:
             return
         try:
             self.viewer.open(str(path), plugin="napari-stainfuser")
             for data, kwargs, kind in self.model.result_extra_layers(path):
-                getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+                layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+                if kind == "labels":
+                    style_mask(layer)
         except StainFuserError as exc:
             self._failed(exc)
             return
@@ -410,7 +350,7 @@ class VirtualIHCWidget(QWidget):
 
     def cancel(self) -> None:
         """Stop the live layers' work and any whole-slide run (which can be resumed)."""
-        self._cancel = True
+        self.whole.cancel()
         self.stop_live()
         self.status.setText("cancelled")
 
@@ -422,5 +362,5 @@ class VirtualIHCWidget(QWidget):
         """Everything this widget started, stopped (a whole-slide run stops at its next
         tile group and can be resumed)."""
         self._closed = True
-        self._cancel = True
+        self.whole.cancel()
         self.stop_live()
