@@ -113,12 +113,18 @@ def test_resume_is_bit_exact_on_cpu(synthetic_pairs, tmp_path):
     first = _config(root, tmp_path / "split", 2)
     train_virtual_ihc(first)
     resumed = train_virtual_ihc(_config(root, tmp_path / "split", 4, resume=True))
-    a, _ = load_networks(whole)
-    b, _ = load_networks(resumed)
+    a, record_a = load_networks(whole)
+    b, record_b = load_networks(resumed)
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), k
     la, lb = read_loss_log(tmp_path / "whole"), read_loss_log(tmp_path / "split")
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    # The checkpoint records its steps and the losses that led to it, the same after a
+    # resume (they are read back from loss.csv).
+    losses = record_a["training"]["losses"]
+    assert record_a["training"]["steps"] == 4 and losses["steps"] == [1, 4]
+    assert losses["mask_loss"] == pytest.approx(np.mean([r["mask_loss"] for r in la]))
+    assert record_b["training"]["losses"] == losses
 
 
 def test_a_run_folder_is_not_overwritten_and_resume_checks_settings(synthetic_pairs, tmp_path):

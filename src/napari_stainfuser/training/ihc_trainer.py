@@ -142,10 +142,24 @@ def joint_loss(networks, scheduler, batch, gen, device, weights, autocast):
     return total, losses
 
 
+LOSS_WINDOW = 50  # steps whose mean losses a checkpoint records
+
+
+def _recent_losses(out: Path, step: int) -> dict:
+    """Mean losses of the last LOSS_WINDOW logged steps up to ``step`` (from loss.csv,
+    so a resumed run records what the uninterrupted one would)."""
+    rows = [r for r in read_loss_log(out) if r["step"] <= step][-LOSS_WINDOW:]
+    return {
+        "steps": [int(rows[0]["step"]), int(rows[-1]["step"])],
+        **{k: sum(r[k] for r in rows) / len(rows) for k in ("loss", "ihc_loss", "mask_loss")},
+    }
+
+
 def _save(out, step, networks, optimizer, scaler, meta, keep) -> Path:
     from ..diffusion.virtual_ihc import save_checkpoint
 
-    training = {"training": {**meta["training"], "steps": step}}
+    training = {"training": {**meta["training"], "steps": step,
+                             "losses": _recent_losses(out, step)}}  # fmt: skip
     return save_run_checkpoint(
         out,
         step,
