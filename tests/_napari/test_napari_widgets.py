@@ -310,6 +310,9 @@ def test_a_whole_slide_run_cancelled_resumes(viewer, tmp_path):
     w.whole_slide(str(out))
     assert pump(60, lambda: "stain" in w.status.text()), w.status.text()
     w.cancel()
+    # Until the cancelled run has stopped, a new one into the same output would race it.
+    w.whole_slide(str(out))
+    assert "still stopping" in w.status.text()
     assert pump(60, lambda: not w.whole.running)
     assert work_dir(out).is_dir() and not out.exists()
     w.whole_slide(str(out))  # continues the run

@@ -41,9 +41,9 @@ MAX_SIDE = 8192
 # the same blocks many times, and composing one (blend, resample, alpha) costs
 # milliseconds of UI time.
 BLOCK_CACHE_BYTES = 256 * 2**20
-# Extra outputs shown live: float maps in this colormap; label images as outlines
-# this many pixels thick (napari draws them at data resolution), so the stain under a cell stays visible, in a colour
-# that neither DAB brown nor hematoxylin blue is.
+# Extra outputs shown live: float maps in this colormap; label images as outlines,
+# this many pixels of the level shown thick, so the stain under a cell stays
+# visible, in a colour that neither DAB brown nor hematoxylin blue is.
 EXTRA_COLORMAP = "magma"
 LABELS_CONTOUR = 1
 LABELS_COLOR = "lime"

@@ -148,7 +148,15 @@ LOSS_WINDOW = 50  # steps whose mean losses a checkpoint records
 def _recent_losses(out: Path, step: int) -> dict:
     """Mean losses of the last LOSS_WINDOW logged steps up to ``step`` (from loss.csv,
     so a resumed run records what the uninterrupted one would)."""
-    rows = [r for r in read_loss_log(out) if r["step"] <= step][-LOSS_WINDOW:]
+    keys = ("step", "loss", "ihc_loss", "mask_loss")
+    rows = []
+    with open(Path(out) / LOSS_LOG, newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            try:  # a row a killed run left half-written is not a loss
+                rows.append({k: float(r[k]) for k in keys})
+            except (KeyError, TypeError, ValueError):
+                continue
+    rows = [r for r in rows if r["step"] <= step][-LOSS_WINDOW:]
     return {
         "steps": [int(rows[0]["step"]), int(rows[-1]["step"])],
         **{k: sum(r[k] for r in rows) / len(rows) for k in ("loss", "ihc_loss", "mask_loss")},

@@ -448,7 +448,7 @@ class NormalizationWidget(QWidget):
         """Everything this widget started, stopped (a whole-slide run stops at its next
         tile group and can be resumed)."""
         self._closed = True
-        self.whole.cancel()
+        self.whole.close()
         self.stop_live()
 
 

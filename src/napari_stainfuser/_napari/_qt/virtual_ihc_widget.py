@@ -362,5 +362,5 @@ class VirtualIHCWidget(QWidget):
         """Everything this widget started, stopped (a whole-slide run stops at its next
         tile group and can be resumed)."""
         self._closed = True
-        self.whole.cancel()
+        self.whole.close()
         self.stop_live()

@@ -23,9 +23,12 @@ RESUME_HINT = "cancelled: run Whole slide… again on the same output to continu
 class WholeSlideRun(QObject):
     """Start, report, cancel and finish one widget's whole-slide runs.
 
-    what: the words that name the run in the progress bar ("whole slide",
-    "virtual IHC"); status: the widget's status label; open_button: shown on
-    success; on_failed(exc): the widget's way of showing an expected failure.
+    what: the words that name the run in the progress bar ("stain
+    normalization", "virtual IHC"); status: the widget's status label;
+    open_button: shown on success; on_failed(exc): the widget's way of showing
+    an expected failure. One run at a time: a cancelled run writes until its
+    next tile group, and a second run into the same output meanwhile would
+    race it.
     """
 
     progressed = Signal(object)  # a Progress, from the worker thread
@@ -39,6 +42,7 @@ class WholeSlideRun(QObject):
         self.worker = None
         self.bar = None
         self.cancelled = False
+        self.closed = False
         self.result_path: Path | None = None
         self.progressed.connect(self._progress)
 
@@ -46,9 +50,15 @@ class WholeSlideRun(QObject):
     def running(self) -> bool:
         return self.worker is not None
 
-    def start(self, out, run) -> None:
+    def start(self, out, run) -> bool:
         """``run(report)`` in a thread worker; it returns the written path. ``out`` is
-        the run's OutputSpec (its work folder says whether this continues a run)."""
+        the run's OutputSpec (its work folder says whether this continues a run).
+        False, with the reason in the status line, while an earlier run still runs."""
+        if self.running:
+            self.status.setText(
+                "a whole-slide run is still stopping or running; start again when it has ended"
+            )
+            return False
         self.cancelled = False
         resuming = out.work.exists()
 
@@ -61,14 +71,19 @@ class WholeSlideRun(QObject):
         self.worker = in_thread(lambda: run(report), self._done, self._failed)
         self.open_button.setVisible(False)
         self.status.setText(f"whole slide → {out.path.name}{' (resumed)' if resuming else ''} …")
+        return True
 
     def cancel(self) -> None:
         """Stop at the next tile group; the output can be continued."""
         self.cancelled = True
 
+    def close(self) -> None:
+        """The dock is going away: stop the run, and touch none of its widgets again."""
+        self.cancelled = self.closed = True
+
     def _progress(self, p) -> None:
-        if self.worker is None:
-            return  # a report queued before the run ended
+        if self.worker is None or self.closed:
+            return  # a report queued before the run ended, or the dock is gone
         self.status.setText(
             f"whole slide: {p.phase} {p.done}/{p.total}" if p.total else f"whole slide: {p.phase}"
         )
@@ -84,6 +99,8 @@ class WholeSlideRun(QObject):
         self.worker = None
         self._close_bar()
         self.result_path = Path(path)
+        if self.closed:
+            return
         self.open_button.setText(f"Open {self.result_path.name}")
         self.open_button.setVisible(True)
         self.status.setText(f"wrote {path}")
@@ -92,6 +109,8 @@ class WholeSlideRun(QObject):
     def _failed(self, exc) -> None:
         self.worker = None
         self._close_bar()
+        if self.closed:
+            return
         if isinstance(exc, Cancelled):
             self.status.setText(RESUME_HINT)
             return
