@@ -64,6 +64,43 @@ def test_stain_with_a_marker_the_checkpoint_does_not_know(weights, tmp_path):
     assert not (tmp_path / "o.ome.zarr").exists()
 
 
+CHECK = """
+import sys
+from napari_stainfuser.cli import main
+rc = main(sys.argv[1:])
+heavy = sorted(m for m in ("torch", "dask", "zarr", "diffusers", "tifffile") if m in sys.modules)
+print("loaded:", ",".join(heavy))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--samples", "0"], "--samples: must be in 1..64, got 0"),
+        (["--steps", "0"], "--steps: must be in 1..1000, got 0"),
+        (["--sampler", "pndm"], "valid: ddim, dpm++"),
+        (["--marker", "PD-L1"], "known markers: CD3, CK8/18"),
+    ],
+)
+def test_a_stain_argument_error_comes_before_heavy_imports(weights, flags, named, tmp_path):
+    args = ["stain", DATA / "he" / "torchstain-source.png", "--weights", weights,
+            "-o", tmp_path / "o.ome.zarr", *flags]  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", CHECK, *map(str, args)], capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert named in _one_line_error(r)
+    assert r.stdout.strip() == "loaded:", r.stdout  # the checkpoint's JSON, not torch
+
+
+def test_a_train_argument_error_comes_before_heavy_imports(tmp_path):
+    args = ["train", "virtual-ihc", "--pairs", tmp_path, "--marker", "CD3", "--tile", "50",
+            "-o", tmp_path / "run"]  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", CHECK, *map(str, args)], capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert "--tile 50: must be at least 64" in _one_line_error(r)
+    assert r.stdout.strip() == "loaded:", r.stdout
+
+
 def test_train_with_unmatched_names_lists_them(tmp_path):
     img = np.full((64, 64, 3), 200, np.uint8)
     write_png(tmp_path / "p" / "he" / "a.png", img)

@@ -52,7 +52,7 @@ class VirtualIHCModel:
 
     def markers(self) -> tuple[str, ...]:
         """The markers the weights folder's checkpoint declares (reads its config only)."""
-        from ..diffusion.virtual_ihc import find_checkpoint, read_config
+        from ..diffusion.ihc_config import find_checkpoint, read_config
 
         if not self.weights:
             raise ParameterError("weights: choose a virtual-IHC checkpoint or training run folder")

@@ -139,7 +139,7 @@ def _add_virtual_ihc(models) -> None:
 
 
 def _cmd_train_virtual_ihc(args) -> int:
-    from ..training.ihc_trainer import IHCTrainConfig, train_virtual_ihc
+    from ..training.ihc_train_config import IHCTrainConfig
 
     cfg = IHCTrainConfig(
         pairs=args.pairs, markers=args.marker, out=args.out, config=args.config, tile=args.tile,
@@ -150,6 +150,9 @@ def _cmd_train_virtual_ihc(args) -> int:
         keep_checkpoints=args.keep_checkpoints, mpp=args.mpp, augment=not args.no_augment,
         resume=args.resume, progress=not args.no_progress,
     )  # fmt: skip
+    cfg.validate()  # the flags first: torch is not loaded yet
+    from ..training.ihc_trainer import train_virtual_ihc
+
     final = train_virtual_ihc(cfg)
     print(f"final checkpoint: {final}")
     return 0

@@ -25,7 +25,6 @@ works: its newest complete checkpoint is used. Loading is strict.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +32,19 @@ import torch
 
 from ..errors import CheckpointError, ParameterError, opt
 from ..stainer import ExtraOutput, StainerSpec, StainResult
-from .ihc_networks import BRANCHES, CHANNELS, MULTIPLE_OF, VirtualIHCConfig, VirtualIHCNetworks
+from .ihc_config import (
+    BRANCHES,
+    CHANNELS,
+    CONFIG_NAME,
+    FORMAT,
+    MULTIPLE_OF,
+    WEIGHTS_NAME,
+    VirtualIHCConfig,
+    find_checkpoint,
+    read_config,
+)
+from .ihc_networks import VirtualIHCNetworks
 
-WEIGHTS_NAME = "virtual-ihc.safetensors"
-CONFIG_NAME = "virtual-ihc.json"
-FORMAT = "napari-stainfuser/virtual-ihc/1"
-ENV_VAR = "STAINFUSER_IHC_WEIGHTS"
 IHC_SAMPLERS = ("ddim", "dpm++")
 DEFAULT_STEPS = 10
 DEFAULT_TILE = 256
@@ -58,55 +64,6 @@ def dab_density_torch(rgb01: torch.Tensor) -> torch.Tensor:
     od = torch.log(rgb01.clamp(min=1e-6)) / log_adjust
     m = torch.as_tensor(hed_from_rgb[:, 2], dtype=od.dtype, device=od.device)
     return torch.einsum("bchw,c->bhw", od, m).clamp(min=0)
-
-
-def find_checkpoint(weights) -> Path:
-    """The checkpoint folder for ``weights``: a folder with the two files, a run
-    folder (its newest complete checkpoint), the weights file itself, or
-    ``$STAINFUSER_IHC_WEIGHTS``. Never downloads anything."""
-    import os
-
-    if weights is None:
-        env = os.environ.get(ENV_VAR)
-        if not env:
-            raise CheckpointError(
-                f"{opt('weights')}: no virtual-IHC weights given and ${ENV_VAR} is not set; "
-                "train a model with 'stainfuser train virtual-ihc' and pass its run folder"
-            )
-        weights = env
-    path = Path(weights).expanduser()
-    if path.is_file():
-        if path.name != WEIGHTS_NAME:
-            raise CheckpointError(f"{path}: expected {WEIGHTS_NAME} or its folder")
-        path = path.parent
-    if not path.exists():
-        raise CheckpointError(f"{opt('weights')} {path}: no such file or folder")
-    if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
-        return path
-    found = sorted(
-        p for p in (path / "checkpoints").glob("step-*")
-        if p.is_dir() and not p.name.endswith(".partial") and (p / CONFIG_NAME).is_file()
-    )  # fmt: skip
-    if found:
-        return found[-1]
-    raise CheckpointError(
-        f"{opt('weights')} {path}: not a virtual-IHC checkpoint (no {WEIGHTS_NAME} and "
-        f"{CONFIG_NAME}, and no checkpoints/step-* inside)"
-    )
-
-
-def read_config(folder: Path) -> tuple[VirtualIHCConfig, dict]:
-    """The architecture and the whole record (training metadata) of a checkpoint."""
-    path = Path(folder) / CONFIG_NAME
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: format {record.get('format')!r}, expected {FORMAT!r}")
-        return VirtualIHCConfig.from_json(record["architecture"]), record
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a virtual-IHC config ({exc})") from None
-    except ParameterError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def save_checkpoint(networks: VirtualIHCNetworks, folder, metadata: dict | None = None) -> Path:

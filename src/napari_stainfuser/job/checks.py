@@ -177,7 +177,7 @@ def stainer_recipe(method, target, weights, device, seed, params):
             raise ParameterError(
                 f"{opt('target')}: {VIRTUAL_IHC} takes a marker and trained weights, not a target"
             )
-        from ..diffusion.virtual_ihc import find_checkpoint, read_config
+        from ..diffusion.ihc_config import find_checkpoint, read_config
 
         found = find_checkpoint(weights)
         cfg, _ = read_config(found)  # a bad config is refused before anything loads
