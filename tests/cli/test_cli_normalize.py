@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from cli_cases import run_reporting_imports
 
 from napari_stainfuser.cli import main
 
@@ -33,16 +34,6 @@ def test_help_lists_the_samplers_and_says_what_scheduler_means():
     text = " ".join(r.stdout.split())
     assert "--sampler" in text and "pndm, ddim, dpm++, euler" in text
     assert "--steps" in text and "dask scheduler" in text
-
-
-CHECK = """
-import sys
-from napari_stainfuser.cli import main
-rc = main(sys.argv[1:])
-heavy = sorted(m for m in ("torch", "dask", "zarr", "diffusers", "tifffile") if m in sys.modules)
-print("loaded:", ",".join(heavy))
-sys.exit(rc)
-"""
 
 
 @pytest.mark.parametrize(
@@ -77,9 +68,7 @@ def test_an_argument_error_is_one_line_naming_the_flag_before_heavy_imports(flag
     if "stainfuser" in flags:
         args += ["--weights", WEIGHTS]
     t0 = time.monotonic()
-    r = subprocess.run(
-        [sys.executable, "-c", CHECK, *map(str, args)], capture_output=True, text=True, timeout=60
-    )
+    r = run_reporting_imports(args)
     took = time.monotonic() - t0
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_cases import run_reporting_imports
 
 from napari_stainfuser.diffusion.ihc_networks import build, preset
 from napari_stainfuser.diffusion.virtual_ihc import save_checkpoint
@@ -64,16 +65,6 @@ def test_stain_with_a_marker_the_checkpoint_does_not_know(weights, tmp_path):
     assert not (tmp_path / "o.ome.zarr").exists()
 
 
-CHECK = """
-import sys
-from napari_stainfuser.cli import main
-rc = main(sys.argv[1:])
-heavy = sorted(m for m in ("torch", "dask", "zarr", "diffusers", "tifffile") if m in sys.modules)
-print("loaded:", ",".join(heavy))
-sys.exit(rc)
-"""
-
-
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
@@ -86,8 +77,7 @@ sys.exit(rc)
 def test_a_stain_argument_error_comes_before_heavy_imports(weights, flags, named, tmp_path):
     args = ["stain", DATA / "he" / "torchstain-source.png", "--weights", weights,
             "-o", tmp_path / "o.ome.zarr", *flags]  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", CHECK, *map(str, args)], capture_output=True,
-                       text=True, timeout=60)  # fmt: skip
+    r = run_reporting_imports(args)
     assert named in _one_line_error(r)
     assert r.stdout.strip() == "loaded:", r.stdout  # the checkpoint's JSON, not torch
 
@@ -95,8 +85,7 @@ def test_a_stain_argument_error_comes_before_heavy_imports(weights, flags, named
 def test_a_train_argument_error_comes_before_heavy_imports(tmp_path):
     args = ["train", "virtual-ihc", "--pairs", tmp_path, "--marker", "CD3", "--tile", "50",
             "-o", tmp_path / "run"]  # fmt: skip
-    r = subprocess.run([sys.executable, "-c", CHECK, *map(str, args)], capture_output=True,
-                       text=True, timeout=60)  # fmt: skip
+    r = run_reporting_imports(args)
     assert "--tile 50: must be at least 64" in _one_line_error(r)
     assert r.stdout.strip() == "loaded:", r.stdout
 
