@@ -39,15 +39,12 @@ def _rate(fn, n_items: int, repeat: int) -> float:
     return n_items * repeat / (time.perf_counter() - t0)
 
 
-# The DAB mask of a 1 µm/px tile, as in tests/training/test_ihc_quality.py: the
-# coarse-mask defaults' small-object size is for finer pixels.
-DAB_MASK = {"min_size": 10, "closing_radius": 1}
-
-
 def _dab_mask_dice(prediction: dict) -> float:
     """Dice of the virtual IHC's thresholded DAB with the true positive-cell mask."""
     import warnings
 
+    # The demo's DAB mask for its 1 µm/px tiles (its model is the one measured here).
+    from napari_stainfuser.cli.demo_ihc import DAB_MASK
     from napari_stainfuser.metrics.ihc import mask_metrics
     from napari_stainfuser.training.coarse_mask import NoDABWarning, coarse_mask
 

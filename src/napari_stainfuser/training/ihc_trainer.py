@@ -85,29 +85,27 @@ def joint_loss(networks, scheduler, batch, gen, device, weights, autocast):
 LOSS_WINDOW = 50  # steps whose mean losses a checkpoint records
 
 
-def _recent_losses(out: Path, step: int) -> dict:
-    """Mean losses of the last LOSS_WINDOW logged steps up to ``step`` (from loss.csv,
-    so a resumed run records what the uninterrupted one would)."""
+def _recent_losses(log: LossLog) -> dict:
+    """Mean losses of the last LOSS_WINDOW logged steps. The log holds the rows a
+    resumed run kept from loss.csv, so it records what the uninterrupted run would."""
     keys = ("step", "loss", "ihc_loss", "mask_loss")
     rows = []
-    with open(Path(out) / LOSS_LOG, newline="", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh):
-            try:  # a row a killed run left half-written is not a loss
-                rows.append({k: float(r[k]) for k in keys})
-            except (KeyError, TypeError, ValueError):
-                continue
-    rows = [r for r in rows if r["step"] <= step][-LOSS_WINDOW:]
+    for r in log.rows:
+        try:  # a row a killed run left half-written is not a loss
+            rows.append({k: float(r[k]) for k in keys})
+        except (KeyError, TypeError, ValueError):
+            continue
     return {
         "steps": [int(rows[0]["step"]), int(rows[-1]["step"])],
-        **{k: sum(r[k] for r in rows) / len(rows) for k in ("loss", "ihc_loss", "mask_loss")},
+        **{k: sum(r[k] for r in rows) / len(rows) for k in keys[1:]},
     }
 
 
-def _save(out, step, networks, optimizer, scaler, meta, keep) -> Path:
+def _save(out, step, networks, optimizer, scaler, meta, keep, log) -> Path:
     from ..diffusion.virtual_ihc import save_checkpoint
 
     training = {"training": {**meta["training"], "steps": step,
-                             "losses": _recent_losses(out, step)}}  # fmt: skip
+                             "losses": _recent_losses(log)}}  # fmt: skip
     return save_run_checkpoint(
         out,
         step,
@@ -170,7 +168,7 @@ def train_virtual_ihc(cfg: IHCTrainConfig, callback=None, budget_s: float | None
     first = next(batches)  # a pair that does not decode stops the start, not the run
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / CONFIG_NAME, cfg.settings())
-    log = LossLog(out / LOSS_LOG, keep_until=start, fields=LOSS_FIELDS)
+    log = LossLog(out / LOSS_LOG, keep_until=start, fields=LOSS_FIELDS, recent=LOSS_WINDOW)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def autocast():
@@ -223,7 +221,9 @@ def train_virtual_ihc(cfg: IHCTrainConfig, callback=None, budget_s: float | None
             bar.set_postfix(ihc=f"{values['ihc']:.4f}", mask=f"{values['mask']:.4f}")
             over = budget_s is not None and time.perf_counter() - began > budget_s
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or over:
-                last = _save(out, step, networks, optimizer, scaler, meta, cfg.keep_checkpoints)
+                last = _save(
+                    out, step, networks, optimizer, scaler, meta, cfg.keep_checkpoints, log
+                )
             if callback is not None:
                 callback(step, values)
             if over:

@@ -25,6 +25,7 @@ exactly the steps the uninterrupted run would have taken; on the CPU the
 weights come out bit-identical.
 """
 
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -150,7 +151,8 @@ def latest_checkpoint(out) -> Path | None:
 class LossLog:
     """loss.csv, one row per step, flushed as it goes."""
 
-    def __init__(self, path: Path, keep_until: int | None, fields=LOSS_FIELDS):
+    def __init__(self, path: Path, keep_until: int | None, fields=LOSS_FIELDS, recent: int = 0):
+        """``recent``: how many of the newest rows to keep in memory as well (``rows``)."""
         self.path = path
         rows = []
         if keep_until is not None and path.is_file():
@@ -164,6 +166,7 @@ class LossLog:
             w.writeheader()
             w.writerows(rows)
         tmp.replace(path)
+        self.rows = collections.deque(rows, maxlen=recent)
         # Held open for the whole run (one row per step); closed by close().
         self._fh = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._writer = csv.DictWriter(self._fh, fields)
@@ -171,6 +174,7 @@ class LossLog:
     def write(self, **row) -> None:
         self._writer.writerow(row)
         self._fh.flush()
+        self.rows.append(row)
 
     def close(self) -> None:
         self._fh.close()
