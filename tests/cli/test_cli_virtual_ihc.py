@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_cases import run_reporting_imports
+from PIL import Image
 
 from napari_stainfuser.diffusion.ihc_networks import build, preset
 from napari_stainfuser.diffusion.virtual_ihc import save_checkpoint
@@ -65,6 +66,29 @@ def test_stain_with_a_marker_the_checkpoint_does_not_know(weights, tmp_path):
     assert not (tmp_path / "o.ome.zarr").exists()
 
 
+def test_a_slide_without_its_resolution_gets_a_one_line_warning(tmp_path):
+    # The checkpoint works at 1 µm/px; a PNG does not say its own, so without
+    # --mpp it is stained at its pixel size, which the user must hear about.
+    weights = save_checkpoint(build(preset("tiny", ["CD3"], tile=64, mpp=1.0)), tmp_path / "ck")
+    slide = tmp_path / "he.png"
+    write_png(
+        slide,
+        np.asarray(Image.open(DATA / "he" / "torchstain-source.png").convert("RGB"))[:128, :128],
+    )
+    common = ["stain", slide, "--weights", weights, "--marker", "CD3", "--steps", "1"]
+    r = _run(*common, "-o", tmp_path / "a.ome.zarr")
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert warned == [
+        "stainfuser stain: warning: he.png does not record its µm/px, so it is stained at its "
+        "own pixel size, but the method works at 1 µm/px; give the slide's µm/px with --mpp "
+        "if they differ"
+    ], r.stderr
+    r = _run(*common, "--mpp", "1", "-o", tmp_path / "b.ome.zarr")
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
@@ -80,6 +104,23 @@ def test_a_stain_argument_error_comes_before_heavy_imports(weights, flags, named
     r = run_reporting_imports(args)
     assert named in _one_line_error(r)
     assert r.stdout.strip() == "loaded:", r.stdout  # the checkpoint's JSON, not torch
+
+
+@pytest.mark.parametrize("command", ["stain", "normalize"])
+def test_an_existing_output_is_refused_before_heavy_imports(weights, command, tmp_path):
+    out = tmp_path / "o.ome.zarr"
+    out.mkdir()
+    (out / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    slide = DATA / "he" / "torchstain-source.png"
+    method = (
+        ["--weights", weights, "--marker", "CD3"]
+        if command == "stain"
+        else ["--method", "macenko", "--target", DATA / "he" / "torchstain-target.png"]
+    )
+    r = run_reporting_imports([command, slide, *method, "-o", out])
+    assert "already exists (pass --overwrite to replace it)" in _one_line_error(r)
+    assert r.stdout.strip() == "loaded:", r.stdout
+    assert (out / "zarr.json").is_file()
 
 
 def test_a_train_argument_error_comes_before_heavy_imports(tmp_path):

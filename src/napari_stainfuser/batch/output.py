@@ -129,6 +129,28 @@ def claim(output: OutputSpec, inputs: list[str], *, resume: bool, overwrite: boo
 
     inputs: paths the job reads (slide, target); the output may be none of them.
     """
+    check_output(output, inputs, resume=resume, overwrite=overwrite)
+    path = output.path
+    lock = RunLock(path)
+    lock.acquire(path)
+    try:
+        work = output.work
+        if work.exists() and not resume:
+            if not overwrite:
+                raise SlideWriteError(
+                    f"{path}: an interrupted run left {work.name}; pass {opt('resume', True)} to "
+                    f"continue it or {opt('overwrite', True)} to start again"
+                )
+            shutil.rmtree(work)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def check_output(output: OutputSpec, inputs: list[str], *, resume: bool, overwrite: bool):
+    """What :func:`claim` checks before it locks: the folder, the inputs, an
+    existing output. Light, so the command line says it before anything loads."""
     path = output.path
     if not path.parent.is_dir():
         raise SlideWriteError(f"{path}: directory {path.parent} does not exist")
@@ -150,18 +172,3 @@ def claim(output: OutputSpec, inputs: list[str], *, resume: bool, overwrite: boo
                 f"{path}: exists and is not a zarr store (a folder of other files); "
                 "refusing to replace it"
             )
-    lock = RunLock(path)
-    lock.acquire(path)
-    try:
-        work = output.work
-        if work.exists() and not resume:
-            if not overwrite:
-                raise SlideWriteError(
-                    f"{path}: an interrupted run left {work.name}; pass {opt('resume', True)} to "
-                    f"continue it or {opt('overwrite', True)} to start again"
-                )
-            shutil.rmtree(work)
-    except BaseException:
-        lock.release()
-        raise
-    return lock

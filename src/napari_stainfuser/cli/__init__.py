@@ -9,6 +9,7 @@ and ``--debug`` shows the traceback.
 import argparse
 import logging
 import sys
+import warnings
 
 from .. import __version__
 from ..errors import StainFuserError, use_cli_names
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     # SlideReadError already says it in one line that names the file.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     use_cli_names(True)
+    show_warning = warnings.showwarning
+    warnings.showwarning = _one_line_warning(args.command)
     try:
         return args.func(args)
     except StainFuserError as exc:
@@ -110,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         use_cli_names(False)
+        warnings.showwarning = show_warning
+
+
+def _one_line_warning(command: str):
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"stainfuser {command}: warning: {_one_line(message)}", file=file or sys.stderr)
+
+    return show
 
 
 def _one_line(exc: BaseException) -> str:

@@ -31,12 +31,16 @@ def run_options(args) -> dict:
 
 
 def checked_output(args):
-    """The output, and the scheduler checked, before any work (light modules only)."""
-    from ..batch.output import OutputSpec
+    """The output, and the scheduler checked, before any work (light modules only):
+    an existing output without --overwrite or --resume is refused here, not after
+    the slide and the model have loaded."""
+    from ..batch.output import OutputSpec, check_output
     from ..batch.schedulers import parse_scheduler
 
     out = OutputSpec.create(args.output, args.compression, args.quality)
     parse_scheduler(args.scheduler)
+    inputs = [str(p) for p in (args.slide, getattr(args, "target", None)) if p]
+    check_output(out, inputs, resume=args.resume, overwrite=args.overwrite)
     return out
 
 

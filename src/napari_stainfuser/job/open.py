@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StainEstimationError
+from ..errors import StainEstimationError, opt
 from ..fingerprint import array_digest, file_digest
 from ..progress import step
 from ..stainers import portable, stainer_identity, warm_up
@@ -56,6 +56,7 @@ class OpenJob:
             step(progress, "fit")
             self.tissue = detect_tissue(overview) if job.tissue else None
             self.stainer = _with_slide_statistics(stainer, overview)
+            _warn_if_resolution_unknown(self.source, self.level, self.stainer.spec.mpp)
         else:
             # What this job's opening found elsewhere: the mask as prepared, the
             # stainer as fitted (its recipe carries the slide statistics).
@@ -176,6 +177,24 @@ def _with_overview(src: SlideSource, progress=None) -> SlideSource:
     image, idx = src.overview(DEFAULT_MAX_SIDE, progress)
     levels = [*src.levels[:idx], image, *src.levels[idx + 1 :]]
     return SlideSource(levels, src.mpp, src.path)
+
+
+def _warn_if_resolution_unknown(src: SlideSource, level: int, work_mpp: float | None):
+    """A model trained at one µm/px sees a slide without one at its own pixel
+    size, which is right only by chance: say so, once, before the run."""
+    if work_mpp and src.level_mpp(level) is None:
+        name = Path(src.path).name if src.path else "the slide"
+        warnings.warn(
+            f"{name} does not record its µm/px, so it is stained at its own pixel size, "
+            f"but the method works at {work_mpp:g} µm/px; give the slide's µm/px with "
+            f"{opt('mpp')} if they differ",
+            UnknownResolutionWarning,
+            stacklevel=3,
+        )
+
+
+class UnknownResolutionWarning(UserWarning):
+    """The slide has no µm/px, and the stainer works at a fixed one."""
 
 
 def _with_slide_statistics(stainer, src: SlideSource):

@@ -49,6 +49,13 @@ class Nuclei:
     def select(self, keep):
         return Nuclei(self.data[:, keep])
 
+    def moved(self, dy, dx):
+        """A copy with every centre moved by (dy, dx) pixels."""
+        out = Nuclei(self.data.copy())
+        out.data[self._INDEX["cy"]] += dy
+        out.data[self._INDEX["cx"]] += dx
+        return out
+
     def for_marker(self, fraction, ring):
         """A copy whose nuclei with pos < fraction are positive, with a membrane ring."""
         out = Nuclei(self.data.copy())

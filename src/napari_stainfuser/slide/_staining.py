@@ -53,7 +53,7 @@ _MEAN_NUCLEAR_H = {"fibroblasts": 1.7, "lymphocytes": 2.0, "epithelium": 1.55}
 class _Features:
     """Glands and nuclei that can reach one block (generated once per block)."""
 
-    def __init__(self, model: TissueModel, y0, y1, x0, x1, marker=None):
+    def __init__(self, model: TissueModel, y0, y1, x0, x1, marker=None, shift=(0.0, 0.0)):
         population, compartment, frac = MARKERS[marker] if marker else ((), None, None)
         self.marks_cells = compartment in ("membrane", "nucleus")
         self.marker = marker
@@ -70,6 +70,10 @@ class _Features:
             ring = MEMBRANE_RING if compartment == "membrane" else None
             for name in population:
                 nuclei[name] = nuclei[name].for_marker(frac, ring)
+        if shift != (0.0, 0.0):
+            # Pixels sample the plane at index + shift: in pixel coordinates,
+            # the nuclei move the other way.
+            nuclei = {k: n.moved(-shift[0], -shift[1]) for k, n in nuclei.items()}
         # One batch per cell type: similar sizes, so similar patch sizes.
         self.batches = [NucleusBatch(n) for n in nuclei.values() if len(n)]
 
@@ -77,7 +81,7 @@ class _Features:
 class _Strip:
     """Component maps of one strip of a block."""
 
-    def __init__(self, model: TissueModel, feats: _Features, ys, xs, tm):
+    def __init__(self, model: TissueModel, feats: _Features, y0, x0, ys, xs, tm):
         h, w = len(ys), len(xs)
         self.tm = tm  # None where the strip is all tissue
         self.tex = model.texture(ys, xs)
@@ -87,7 +91,6 @@ class _Strip:
             self.epi, self.lum, self.border, self.secr = model.gland_maps_dense(ys, xs)
             self._expected_nuclei(feats)
             return
-        y0, x0 = int(ys[0]), int(xs[0])
         self.nuc_h = np.zeros((h, w), F32)
         self.nuc_a = np.zeros((h, w), F32)
         self.pos = np.zeros((h, w), F32) if feats.marks_cells else None
@@ -120,10 +123,11 @@ class _Strip:
         return self.model.fibres(self.ys, self.xs)
 
 
-def _by_strip(model, y0, y1, x0, x1, n_out, compose, marker=None):
+def _by_strip(model, y0, y1, x0, x1, n_out, compose, marker=None, shift=(0.0, 0.0)):
     out = np.zeros((y1 - y0, x1 - x0, n_out), F32)
-    xs = np.arange(x0, x1, dtype=np.float64)
-    ys_all = np.arange(y0, y1, dtype=np.float64)
+    shift = (float(shift[0]), float(shift[1]))
+    xs = np.arange(x0, x1, dtype=np.float64) + shift[1]
+    ys_all = np.arange(y0, y1, dtype=np.float64) + shift[0]
     whole = model.tissue_constant(ys_all, xs)
     if whole == 0.0:
         return out  # glass: all stains zero
@@ -138,8 +142,32 @@ def _by_strip(model, y0, y1, x0, x1, n_out, compose, marker=None):
             if tm.min() == 1.0:
                 tm = None
         if feats is None:
-            feats = _Features(model, y0, y1, x0, x1, marker)
-        compose(_Strip(model, feats, ys, xs, tm), out[s0 - y0 : s1 - y0])
+            feats = _Features(model, y0, y1, x0, x1, marker, shift)
+        compose(_Strip(model, feats, s0, x0, ys, xs, tm), out[s0 - y0 : s1 - y0])
+    return out
+
+
+# Optical density per unit hematoxylin, averaged over R, G, B (Ruifrok's vector).
+_KAPPA_H = F32(0.55)
+
+
+def _mix_in_intensity(bg, nuc_h, a):
+    """Hematoxylin of a pixel that is `a` nucleus (nuc_h = a · its H) and 1 - a `bg`.
+
+    Light mixes, not concentration: the pixel shows (1 - a) e^(-κ bg) + a e^(-κ H),
+    which is lighter than e^(-κ ((1 - a) bg + nuc_h)). Without it, nuclei that
+    cover part of a pixel are too dark, and a coarse rendering is darker than
+    the area average of a fine one.
+    """
+    part = (a > 0) & (a < 1)
+    out = bg * (1 - a)
+    out += nuc_h
+    if not part.any():
+        return out
+    ap, bp = a[part], bg[part]
+    hn = nuc_h[part] / ap
+    light = (1 - ap) * np.exp(-_KAPPA_H * bp) + ap * np.exp(-_KAPPA_H * hn)
+    out[part] = -np.log(light) / _KAPPA_H
     return out
 
 
@@ -172,8 +200,7 @@ def _he(c: _Strip, out):
         eos += c.secr
     nuc_a = c.nuc_a
     eos *= 1 - F32(0.8) * nuc_a
-    hem *= 1 - nuc_a
-    hem += c.nuc_h
+    hem = _mix_in_intensity(hem, c.nuc_h, nuc_a)
     if c.tm is not None:
         hem *= c.tm
         eos *= c.tm
@@ -223,9 +250,12 @@ def _ihc(marker):
     return compose
 
 
-def he_block(model: TissueModel, y0, y1, x0, x1) -> np.ndarray:
-    """Hematoxylin and eosin concentrations of a window, h × w × 2 float32."""
-    return _by_strip(model, y0, y1, x0, x1, 2, _he)
+def he_block(model: TissueModel, y0, y1, x0, x1, shift=(0.0, 0.0)) -> np.ndarray:
+    """Hematoxylin and eosin concentrations of a window, h × w × 2 float32.
+
+    Pixel (i, j) samples the plane at (i + shift[0], j + shift[1]) pixels.
+    """
+    return _by_strip(model, y0, y1, x0, x1, 2, _he, shift=shift)
 
 
 def ihc_block(model: TissueModel, marker: str, y0, y1, x0, x1) -> np.ndarray:

@@ -16,7 +16,10 @@ about 7 µm across, glands 80-140 µm), so `mpp` (µm/px) is a zoom: the
 same seed at 1.0 µm/px is the same tissue at half the resolution. Above
 2 µm/px nuclei are smaller than a pixel and are drawn as their expected
 coverage; fibres and chromatin fade to their means as they get finer than the
-pixels, so coarse renderings stay band-limited (see `pyramid_he`).
+pixels, so coarse renderings stay band-limited. A pixel that a nucleus covers
+in part mixes the two in light, not in stain, as a camera pixel does. Pyramid
+levels (`pyramid_he`) are direct renderings down to 2 µm/px and area averages
+below, so every level agrees with the area average of level 0.
 
 Optical density convention: natural log, as in `napari_stainfuser.stain`,
 Macenko's reference code and torchstain: ``OD = -ln(I / Io)``. A pixel's OD is
@@ -36,7 +39,7 @@ API (shapes are (height, width); all arrays are lazy dask arrays)::
     t.ihc_concentrations(shape, marker="CD3")   # (Y×X×2 H, DAB; Y×X bool mask)
     t.render_ihc(shape, marker="CD3")           # (Y×X×3 uint8, Y×X bool mask)
     t.tissue_mask(shape)               # Y×X bool: tissue (True) or glass
-    t.pyramid_he(shape)                # [level 0, level 1, ...], each rendered directly
+    t.pyramid_he(shape)                # [level 0, level 1, ...], as area averages of level 0
 
     synthetic_he(shape, seed)                        # Y×X×3 uint8
     synthetic_pair(shape, seed, matrix_a, matrix_b)  # two pixel-aligned renderings
@@ -66,8 +69,8 @@ from ..stain.matrices import stain_matrix as _stain_matrix
 from ._procedural import pixel_hashes, stream_key
 from ._staining import MARKERS as _MARKER_SPECS
 from ._staining import he_block, ihc_block, strips
-from ._tissue import TissueModel
-from .pyramid import level_shapes
+from ._tissue import DETAIL_MPP, TissueModel
+from .pyramid import downsample2x, level_shapes
 
 __all__ = [
     "MACENKO_REFERENCE_HE",
@@ -329,7 +332,18 @@ class SyntheticTissue:
         return self._lazy("tissue", fn, shape, 1, chunks, origin, dtype=bool)[..., 0]
 
     def _render(
-        self, kind, conc_fn, shape, stain_matrix, scale, io, noise, chunks, origin, noise_stream
+        self,
+        kind,
+        conc_fn,
+        shape,
+        stain_matrix,
+        scale,
+        io,
+        noise,
+        chunks,
+        origin,
+        noise_stream,
+        extra_token=(),
     ):
         m = _stain_matrix(stain_matrix)
         if m.shape[0] != 2:
@@ -346,7 +360,7 @@ class SyntheticTissue:
                 conc, m, scale_v, io_v, sigma, seed, noise_stream, (y0, x0)
             )
 
-        token = (m, scale_v, io_v, sigma, noise_stream)
+        token = (m, scale_v, io_v, sigma, noise_stream, extra_token)
         return self._lazy(kind, fn, shape, 3, chunks, origin, np.uint8, token)
 
     def render_he(
@@ -375,22 +389,58 @@ class SyntheticTissue:
             noise_stream,
         )
 
-    def pyramid_he(self, shape, min_size=1024, chunks=512, origin=(0, 0), **kw) -> list:
-        """Multiscale H&E: level k is the same tissue rendered directly at mpp · 2**k.
+    def pyramid_he(
+        self,
+        shape,
+        min_size=1024,
+        chunks=512,
+        origin=(0, 0),
+        stain_matrix=RUIFROK_HE,
+        scale=1.0,
+        io=240.0,
+        noise=0.0,
+        noise_stream=0,
+    ) -> list:
+        """Multiscale H&E whose level k agrees with the 2**k area average of level 0.
 
-        No level is computed from another, so showing a zoomed-out view costs
-        only the pixels shown. Level shapes halve (rounding down, as
-        `pyramid.downsample2x`) while the long side exceeds `min_size`; level k
-        starts at ``origin // 2**k``. Finer-than-pixel patterns (fibres, chromatin)
-        fade to their mean at coarse levels instead of aliasing. `kw` goes to
-        `render_he`.
+        Levels down to `DETAIL_MPP` are the tissue rendered directly at
+        mpp · 2**k, each pixel sampling the plane at the centroid of the
+        level-0 pixels it covers; coarser levels are 2×2 area averages
+        (`pyramid.downsample2x`) of the last of those, because below it nuclei
+        are smaller than a pixel and no direct rendering keeps them. Everything
+        stays lazy: a chunk of any level computes only the pixels under it.
+        Level shapes halve (rounding down) while the long side exceeds
+        `min_size`; level k starts at ``origin // 2**k`` (use an origin that is
+        a multiple of 2**levels for pixels identical to a crop of a larger
+        window). The other keywords are those of `render_he`.
         """
         oy, ox = _check_pair(origin, "origin")
+        m = _stain_matrix(stain_matrix)
         levels = []
         for k, level_shape in enumerate(level_shapes(_check_shape(shape), min_size)):
-            t = self if k == 0 else SyntheticTissue(self.seed, self.mpp * 2**k)
             f = 2**k
-            levels.append(t.render_he(level_shape, chunks=chunks, origin=(oy // f, ox // f), **kw))
+            if k > 0 and self.mpp * f > DETAIL_MPP:
+                levels.append(downsample2x(levels[-1]))
+                continue
+            model = TissueModel(self.seed, self.mpp * f)
+            # Level-k pixel j covers level-0 pixels [j f, (j + 1) f), whose
+            # centres average to j f + (f - 1) / 2: j + 1/2 - 1/(2 f) here.
+            shift = (0.5 - 0.5 / f, 0.5 - 0.5 / f)
+            levels.append(
+                self._render(
+                    f"he-rgb-level{k}",
+                    lambda *w, model=model, shift=shift: he_block(model, *w, shift=shift),
+                    level_shape,
+                    m,
+                    scale,
+                    io,
+                    noise,
+                    chunks,
+                    (oy // f, ox // f),
+                    noise_stream,
+                    extra_token=shift,
+                )
+            )
         return levels
 
     def render_ihc(
