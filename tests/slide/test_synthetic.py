@@ -208,6 +208,51 @@ def test_coarse_levels_compute_only_the_pixels_under_a_chunk():
     np.testing.assert_array_equal(block.compute(), levels[4][:256, :256].compute())
 
 
+def test_coarse_levels_render_the_nuclei_once(monkeypatch):
+    # napari and the live engine read the coarse levels separately; both are
+    # made from the 2 µm/px level's blocks, which must be rendered only once.
+    import napari_stainfuser.slide.synthetic as synthetic
+
+    calls = []
+    real = synthetic.he_block
+
+    def counting(model, *window, **kw):
+        calls.append((model.mpp, window))
+        return real(model, *window, **kw)
+
+    monkeypatch.setattr(synthetic, "he_block", counting)
+    levels = SyntheticTissue(0).pyramid_he((4096, 4096), min_size=256, chunks=256)
+    first = levels[4].compute()
+    assert {mpp for mpp, _ in calls} == {2.0} and len(calls) == 16
+    level3 = levels[3].compute(scheduler="sync")
+    level3[:] = 0  # a caller's copy: it must not change what the next caller gets
+    np.testing.assert_array_equal(levels[4].compute(), first)
+    assert len(calls) == 16
+    np.testing.assert_array_equal(levels[3].compute(), synthetic.downsample2x(levels[2]).compute())
+
+
+def test_a_jobs_overview_of_a_synthetic_pyramid_reads_no_finer_level(monkeypatch):
+    # Its levels down to 2 µm/px are stored, not built: the overview must come
+    # from them, not from rendering level 0 (65 s for the napari sample).
+    import napari_stainfuser.slide.synthetic as synthetic
+    from napari_stainfuser.job.source import open_source
+
+    calls = []
+    real = synthetic.he_block
+    monkeypatch.setattr(
+        synthetic,
+        "he_block",
+        lambda model, *w, **kw: calls.append(model.mpp) or real(model, *w, **kw),
+    )
+    levels = SyntheticTissue(0).pyramid_he((8192, 8192), min_size=512)
+    slide = type("Slide", (), {"levels": levels, "mpp": 0.5, "path": None})()
+    source = open_source(slide)
+    assert source.native_levels == 3
+    image, idx = source.overview(600)
+    assert idx == 4 and set(calls) == {2.0}
+    np.testing.assert_array_equal(image, levels[4].compute())
+
+
 def test_numpy_beer_lambert_matches_the_formula():
     conc = np.random.default_rng(0).uniform(0, 2, size=(5, 7, 2)).astype(np.float32)
     rgb = concentrations_to_rgb(conc, RUIFROK_HE, scale=(1.5, 0.5), io=230)

@@ -66,7 +66,7 @@ class SlideSource:
         """How many levels (finest first) are stored; the rest are built from the last of them."""
         n = getattr(self.slide, "native_levels", None)
         if n is None:
-            n = len(self.levels) if self.path is None and not _is_built(self.levels) else 1
+            n = _leading_native(self.levels) if self.path is None else 1
         return max(1, min(int(n), len(self.levels)))
 
     def is_empty(self, k: int, y0: int, y1: int, x0: int, x1: int) -> bool:
@@ -150,8 +150,13 @@ class TiledLevel:
         )
 
 
-def _is_built(levels) -> bool:
-    return len(levels) > 1 and any("downsample2x" in getattr(lv, "name", "") for lv in levels[1:])
+def _leading_native(levels) -> int:
+    """Levels before the first lazy 2× downsample: the ones that are not built
+    from another (a synthetic pyramid renders its finer levels directly)."""
+    for k, lv in enumerate(levels[1:], start=1):
+        if "downsample2x" in getattr(lv, "name", ""):
+            return k
+    return len(levels)
 
 
 def open_source(slide, mpp: float | None = None) -> SlideSource:

@@ -58,6 +58,9 @@ lymphocytes). The mask marks the stained cells' pixels (where the cell covers
 at least half the pixel, in tissue).
 """
 
+import threading
+from collections import OrderedDict
+
 import dask.array as da
 import numpy as np
 from dask.array.core import normalize_chunks
@@ -92,7 +95,50 @@ MARKERS = tuple(_MARKER_SPECS)
 MACENKO_REFERENCE_HE = _stain_matrix([[0.5626, 0.7201, 0.4062], [0.2159, 0.8012, 0.5581]])
 
 _LN_BASE = np.log(OD_BASE)
+# Rendered blocks of a pyramid's last direct level kept for its coarser levels:
+# all of the 24,576² sample's 2 µm/px level (113 MB) fits.
+MEMO_BYTES = 256 * 2**20
 _NOISE_STREAM = 1000
+
+
+class _Memo:
+    """A block function with a bounded LRU of its results, keyed by window.
+
+    It hands out copies, so no caller can change what the next one gets; a
+    pickled copy (a dask worker's) starts empty.
+    """
+
+    def __init__(self, fn, max_bytes: int):
+        self.fn, self.max_bytes = fn, int(max_bytes)
+        self._reset()
+
+    def _reset(self):
+        self._lock = threading.Lock()
+        self._blocks: OrderedDict = OrderedDict()
+        self._bytes = 0
+
+    def __getstate__(self):
+        return {"fn": self.fn, "max_bytes": self.max_bytes}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    def __call__(self, *window):
+        with self._lock:
+            hit = self._blocks.get(window)
+            if hit is not None:
+                self._blocks.move_to_end(window)
+                return hit.copy()
+        out = self.fn(*window)
+        with self._lock:
+            if window not in self._blocks and out.nbytes <= self.max_bytes:
+                self._blocks[window] = out
+                self._bytes += out.nbytes
+                while self._bytes > self.max_bytes:
+                    _, old = self._blocks.popitem(last=False)
+                    self._bytes -= old.nbytes
+        return out.copy()
 
 
 def _check_shape(shape):
@@ -344,6 +390,7 @@ class SyntheticTissue:
         origin,
         noise_stream,
         extra_token=(),
+        memo_bytes=0,
     ):
         m = _stain_matrix(stain_matrix)
         if m.shape[0] != 2:
@@ -361,6 +408,8 @@ class SyntheticTissue:
             )
 
         token = (m, scale_v, io_v, sigma, noise_stream, extra_token)
+        if memo_bytes:
+            fn = _Memo(fn, memo_bytes)
         return self._lazy(kind, fn, shape, 3, chunks, origin, np.uint8, token)
 
     def render_he(
@@ -416,10 +465,13 @@ class SyntheticTissue:
         """
         oy, ox = _check_pair(origin, "origin")
         m = _stain_matrix(stain_matrix)
+        shapes = level_shapes(_check_shape(shape), min_size)
+        direct = [k == 0 or self.mpp * 2**k <= DETAIL_MPP for k in range(len(shapes))]
+        last_direct = sum(direct) - 1
         levels = []
-        for k, level_shape in enumerate(level_shapes(_check_shape(shape), min_size)):
+        for k, level_shape in enumerate(shapes):
             f = 2**k
-            if k > 0 and self.mpp * f > DETAIL_MPP:
+            if not direct[k]:
                 levels.append(downsample2x(levels[-1]))
                 continue
             model = TissueModel(self.seed, self.mpp * f)
@@ -439,6 +491,9 @@ class SyntheticTissue:
                     (oy // f, ox // f),
                     noise_stream,
                     extra_token=shift,
+                    # Every coarser level is made from this one's blocks, and
+                    # napari and the live engine read those separately.
+                    memo_bytes=MEMO_BYTES if k == last_direct < len(shapes) - 1 else 0,
                 )
             )
         return levels
