@@ -114,7 +114,9 @@ def pan_path(source, n, seed=0):
     ends on glass has nothing to stain and would measure nothing."""
     import numpy as np
 
-    levels = list(source.data) if source.multiscale else [source.data]
+    from napari_stainfuser._napari.sources import layer_levels
+
+    levels = layer_levels(source)  # the pixels themselves, not what napari shows now
     low = np.asarray(levels[-1][:, :, :3])
     h0, w0 = levels[0].shape[:2]
     ys, xs = np.nonzero(low.mean(axis=2) < 200)

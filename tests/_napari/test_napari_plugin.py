@@ -5,7 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from napari_cases import pump
 
+from napari_stainfuser._napari.background import pixels_of
 from napari_stainfuser.errors import SlideReadError
 
 DATA = Path(__file__).parents[1] / "data"
@@ -88,10 +90,34 @@ def test_sample_data_is_lazy_multiscale_synthetic_slide(make_napari_viewer):
     h, w = layer.data[0].shape[:2]
     assert min(h, w) >= 20000
     assert layer.data[0].dtype == np.uint8
-    # Lazy: a dask array, and the smallest level renders quickly.
-    assert hasattr(layer.data[0], "dask")
-    small = np.asarray(layer.data[-1])
+    # Lazy: dask arrays behind levels made in the background, and the smallest
+    # level renders quickly.
+    assert hasattr(pixels_of(layer.data[0]), "dask")
+    small = np.asarray(pixels_of(layer.data[-1]))
     assert small.std() > 5  # tissue, not a blank canvas
+
+
+def test_the_sample_is_drawn_from_the_background_and_jobs_read_its_real_pixels(
+    make_napari_viewer,
+):
+    from napari_stainfuser._napari.sources import layer_slide
+
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.open_sample("napari-stainfuser", "synthetic_he")[0]
+    pyramid = layer.data[0].pyramid
+    # What napari shows now may be stand-ins; a job reads the tissue itself.
+    slide = layer_slide(layer)
+    assert all(a is b.array for a, b in zip(slide.levels, layer.data, strict=True))
+    viewer.reset_view()
+    assert pump(120, lambda: pyramid.pending() == 0)
+    pump(0.5)  # the coalesced refresh
+    real = np.asarray(pixels_of(layer.data[-1]))
+    np.testing.assert_array_equal(np.asarray(layer.data[-1]), real)
+    # The thumbnail and the canvas show the tissue, not the glass shown before it landed.
+    assert layer.thumbnail[..., :3].std() > 5
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
+    tissue = shot.mean(axis=2) < 225  # pink and purple, against glass at 240 and a black canvas
+    assert (tissue & (shot.max(axis=2) > 60)).mean() > 0.05
 
 
 def test_writer_saves_the_real_multiscale_slide_opened_by_the_reader(make_napari_viewer, tmp_path):

@@ -217,6 +217,35 @@ def test_a_live_run_on_cmu_fills_the_view_with_what_normalize_slide_writes(viewe
     w.cancel()
 
 
+def test_zoomed_all_the_way_out_the_live_layer_and_its_thumbnail_show_the_stain(viewer):
+    """napari keeps a copy of the coarsest level (for the thumbnail, and to draw that
+    level); the live layer's must follow the tiles landing, not stay transparent."""
+    from napari_stainfuser._napari.live import THUMBNAIL_S
+
+    (source,) = viewer.open(str(CMU), plugin="napari-stainfuser")
+    w = _widget(viewer)
+    live = _live(viewer, w)
+    viewer.camera.center = (2967 * 0.499 / 2, 2220 * 0.499 / 2)
+    viewer.camera.zoom = 0.4  # about 2 µm per screen pixel: the coarsest level
+    last = len(live.levels) - 1
+    assert pump(30, lambda: live.displayed_level() == last), live.displayed_level()
+    h, w_ = live.levels[last].shape[:2]
+    assert pump(60, lambda: live.levels[last].filled_fraction(0, h, 0, w_) >= 1.0)
+    pump(THUMBNAIL_S + 0.5)  # the overview is refreshed at most this often, and once after
+    stained = live.levels[last].region(0, h, 0, w_)
+    assert (stained[..., 3] == 255).mean() > 0.2
+    np.testing.assert_array_equal(np.asarray(live.layer.data[last]), stained)
+    # What napari draws is that level: the source hidden, the stain is on screen.
+    source.visible = False
+    pump(0.5)
+    assert live.displayed_level() == last
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3]
+    assert (shot.max(axis=2) > 40).mean() > 0.1, "the live layer drew nothing"
+    thumb = live.layer.thumbnail[..., :3]  # transparent pixels are black
+    assert (thumb.max(axis=2) > 40).mean() > 0.1, "the thumbnail is still empty"
+    w.cancel()
+
+
 def test_cancel_and_closing_the_viewer_mid_run_leave_no_thread(make_napari_viewer):
     for close in ("cancel", "viewer"):
         viewer = make_napari_viewer(show=True)
@@ -331,6 +360,9 @@ def test_screenshots_of_the_widgets_and_a_half_filled_live_result(viewer, tmp_pa
     viewer.camera.center = (900.0, 1100.0)
     viewer.camera.zoom = 0.5
     assert pump(20, lambda: "hematoxylin" in w.stains.text())
+    # The sample's own tissue on screen, not the stand-ins it shows while it is made.
+    sample = viewer.layers["Synthetic H&E slide"].data[0].pyramid
+    assert pump(60, lambda: sample.pending() == 0)
     w.live_button.click()  # the one click after the target is chosen
     assert pump(60, lambda: w.live is not None), w.status.text()
     live = w.live

@@ -30,9 +30,11 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..engine import BACKGROUND, NEARBY, VISIBLE
 from ..errors import ParameterError
-from .viewport import View, level_geometries
+from .background import refresh_landed
+from .viewport import View, index_box, level_geometries
 
 REFRESH_MS = 100
+THUMBNAIL_S = 2.0
 SETTLE_MS = 60
 # Requests larger than this many pixels per side are answered transparent:
 # napari never asks a multiscale level for more than the screen.
@@ -84,17 +86,8 @@ class _LiveArray:
         return int(np.prod(self.shape))
 
     def __getitem__(self, key) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        ys, xs = (list(key) + [slice(None)] * 2)[:2]
-        h, w = self.plan.shape
-        y0, y1, sy = _span(ys, h)
-        x0, x1, sx = _span(xs, w)
-        out = self.region(y0, y1, x0, x1)
-        pick = (
-            slice(None, None, sy) if isinstance(ys, slice) else 0,
-            slice(None, None, sx) if isinstance(xs, slice) else 0,
-        )
-        return out[(*pick, *key[2:])]
+        box, pick = index_box(key, self.plan.shape)
+        return self.region(*box)[pick]
 
     def __array__(self, dtype=None, copy=None):
         out = self[:, :]
@@ -162,15 +155,6 @@ class _LiveArray:
         if not tiles:
             return 1.0
         return sum(self.level.ready(*rc) is not None for rc in tiles) / len(tiles)
-
-
-def _span(k, n: int) -> tuple[int, int, int]:
-    """(start, stop, step) of one axis index (a slice or an integer) of length n."""
-    if isinstance(k, slice):
-        return k.indices(n)
-    i = int(k)
-    i = i + n if i < 0 else i
-    return i, i + 1, 1
 
 
 class LiveLevel(_LiveArray):
@@ -280,6 +264,10 @@ class LiveResult:
         self._bridge = _Bridge()
         self._bridge.landed.connect(self._on_landed)
         pyramid.engine.on_progress = self._bridge.landed.emit
+        self._thumbnail_at = 0.0
+        self._overview = QTimer()
+        self._overview.setSingleShot(True)
+        self._overview.timeout.connect(self._do_refresh)
         self._refresh = QTimer()
         self._refresh.setSingleShot(True)
         self._refresh.setInterval(REFRESH_MS)
@@ -440,8 +428,16 @@ class LiveResult:
     def _do_refresh(self) -> None:
         if self._closed:
             return
+        # The coarsest level (the overview napari keeps a copy of) at most every
+        # THUMBNAIL_S: it repaints the layer list.
+        now = time.perf_counter()
+        overview = now - self._thumbnail_at >= THUMBNAIL_S
+        if overview:
+            self._thumbnail_at = now
+        elif not self._overview.isActive():  # and once more after the last tiles landed
+            self._overview.start(int(1000 * (THUMBNAIL_S - (now - self._thumbnail_at))) + 1)
         for layer in self.layers:
-            layer.refresh(extent=False)  # tiles landing never change the extent
+            refresh_landed(layer, overview)
         if self._unfitted:
             self._fit_contrast()
 
@@ -482,6 +478,7 @@ class LiveResult:
             return
         self._closed = True
         self._refresh.stop()
+        self._overview.stop()
         self._settle.stop()
         # The layers stay, showing what was computed; a stopped engine takes no requests.
         for level in (*self.levels, *(lv for lvs in self.extras.values() for lv in lvs)):

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ParameterError
+from .sources import layer_levels
 from .viewport import View, level_geometries
 
 PLOT_PIXELS = 4000
@@ -125,7 +126,7 @@ class QAModel:
         """(level, box, source RGB, result RGBA) of the visible region now."""
         source, result = self._layers()
         k = int(result.data_level) if result.multiscale else 0
-        levels = list(source.data) if source.multiscale else [source.data]
+        levels = layer_levels(source)
         geoms = level_geometries(
             [lv.shape for lv in levels], source.scale[-2:], source.translate[-2:]
         )

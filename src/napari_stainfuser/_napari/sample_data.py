@@ -10,6 +10,7 @@ normalization, and press Live.
 
 from ..slide.synthetic import MACENKO_REFERENCE_HE, SyntheticTissue
 from ..stain.matrices import RUIFROK_HE
+from .background import BackgroundPyramid
 
 SAMPLE_SHAPE = (24576, 24576)
 SAMPLE_MPP = 0.5
@@ -17,6 +18,8 @@ LAB_A = {"stain_matrix": MACENKO_REFERENCE_HE, "scale": (1.35, 0.6)}
 LAB_B = {"stain_matrix": RUIFROK_HE, "scale": (1.0, 1.0)}
 TARGET_SHAPE = (1536, 1536)
 TARGET_NAME = "Synthetic H&E target, lab B"
+# What the renderer draws where there is no tissue (its default light level).
+GLASS = 240
 
 
 def _meta(name: str, translate=(0.0, 0.0), **extra) -> dict:
@@ -47,9 +50,12 @@ def synthetic_he_slide():
     Levels down to 2 µm/px are rendered directly at their own µm/px (the tissue
     is defined in physical units) and coarser ones are area averages of the
     2 µm/px level, so every level looks like the area average of level 0. The
-    first zoomed-out view therefore renders the whole slide at 2 µm/px once
-    (about 4 s on 2 cores); napari's dask cache keeps it.
+    tissue is rendered in the background (a `BackgroundPyramid`), so the viewer
+    never waits for it: the first overview takes a few seconds to appear (the
+    whole slide at 2 µm/px), and new tissue shows blurred for a moment, as the
+    overview's pixels, before its own land.
     """
-    levels = SyntheticTissue(seed=0, mpp=SAMPLE_MPP).pyramid_he(SAMPLE_SHAPE, **LAB_A)
+    tissue = SyntheticTissue(seed=0, mpp=SAMPLE_MPP)
+    levels = BackgroundPyramid(tissue.pyramid_he(SAMPLE_SHAPE, **LAB_A), fill=GLASS).levels
     slide = (levels, _meta("Synthetic H&E slide", multiscale=True), "image")
     return [slide, *synthetic_he_target()]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ParameterError
+from .background import pixels_of
 from .viewport import View, level_geometries
 
 # A target larger than this on its longer side is taken at a coarser level.
@@ -31,8 +32,10 @@ class LayerSlide:
 
 
 def layer_levels(layer) -> list:
-    """The layer's data, finest level first (one level for a plain image)."""
-    return list(layer.data) if layer.multiscale else [layer.data]
+    """The layer's data, finest level first (one level for a plain image): its real
+    pixels, never the stand-ins a background-made level shows while it is made."""
+    levels = list(layer.data) if layer.multiscale else [layer.data]
+    return [pixels_of(level) for level in levels]
 
 
 def layer_mpp(layer) -> float | None:

@@ -64,3 +64,28 @@ def level_geometries(shapes, scale, translate) -> list[LevelGeometry]:
         )
         for s in shapes
     ]
+
+
+def index_box(key, shape) -> tuple[tuple[int, int, int, int], tuple]:
+    """An array index of a 2D level (slices or integers on y, x, then anything) as the
+    box it covers, (y0, y1, x0, x1), and what to index that box's pixels with to get
+    what the index asks for (its steps, its integer axes, the trailing axes)."""
+    key = key if isinstance(key, tuple) else (key,)
+    ys, xs = (list(key) + [slice(None)] * 2)[:2]
+    y0, y1, sy = _span(ys, shape[0])
+    x0, x1, sx = _span(xs, shape[1])
+    pick = (
+        slice(None, None, sy) if isinstance(ys, slice) else 0,
+        slice(None, None, sx) if isinstance(xs, slice) else 0,
+        *key[2:],
+    )
+    return (y0, y1, x0, x1), pick
+
+
+def _span(k, n: int) -> tuple[int, int, int]:
+    """(start, stop, step) of one axis index (a slice or an integer) of length n."""
+    if isinstance(k, slice):
+        return k.indices(n)
+    i = int(k)
+    i = i + n if i < 0 else i
+    return i, i + 1, 1

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..slide import write_pyramid
+from .background import pixels_of
 
 
 def write_image(path: str, data, meta: dict) -> list[str]:
@@ -15,7 +16,7 @@ def write_image(path: str, data, meta: dict) -> list[str]:
     ``MultiScaleData``, not a list); level 0 is written and the rest rebuilt.
     """
     multiscale = meta.get("multiscale", isinstance(data, Sequence) and not hasattr(data, "shape"))
-    level0 = data[0] if multiscale else data
+    level0 = pixels_of(data[0] if multiscale else data)
     if not meta.get("rgb", level0.ndim == 3 and level0.shape[-1] in (3, 4)):
         raise ParameterError(f"{path}: only RGB image layers can be saved as slides")
     if level0.shape[-1] == 4:

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 
 from ...errors import StainFuserError
 from ..normalize_model import PRECISIONS, TARGET_KINDS, NormalizationModel
-from .threads import advance, in_thread, notify_failure
+from .threads import ProgressFeed, in_thread, notify_failure
 from .whole_slide import WholeSlideRun
 
 SETTINGS = ("napari-stainfuser", "widgets")
@@ -353,7 +353,7 @@ class NormalizationWidget(QWidget):
         if self._closed or source not in self.viewer.layers:
             pyramid.close()
             return
-        self._progress = napari_progress(total=0, desc="stain normalization (live)")
+        self._progress = ProgressFeed(napari_progress(total=0, desc="stain normalization (live)"))
         self.live = LiveResult(
             self.viewer, source, pyramid, self.model.result_name(), self._live_progress, target
         )
@@ -364,7 +364,8 @@ class NormalizationWidget(QWidget):
             f"live: {p.done} tiles done, {p.rate:.1f} tiles/s, {p.pending} queued ({p.what})"
         )
         # napari's bar processes events: read it once, use it last.
-        advance(self._progress, p, f"stain normalization ({p.what})")
+        if self._progress is not None:
+            self._progress.advance(p, f"stain normalization ({p.what})")
 
     def stop_live(self) -> None:
         live, self.live = self.live, None

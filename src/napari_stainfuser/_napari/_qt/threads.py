@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
 
 from ...errors import StainFuserError
+
+FEED_MS = 250
 
 
 def notify_failure(exc: BaseException) -> None:
@@ -52,10 +55,46 @@ def in_thread(fn, on_done, on_failed):
     return worker
 
 
-def advance(bar, p, description: str) -> None:
-    """Move a napari progress bar (if any) to a Progress report."""
-    if bar is not None:
-        bar.total = max(p.total, 1)
-        bar.n = p.done
-        bar.set_description(description)
-        bar.refresh()
+class ProgressFeed:
+    """A napari progress bar fed with Progress reports, at most once per FEED_MS.
+
+    napari's bar runs the event loop on every change of its value or
+    description (``QApplication.processEvents``), so a bar moved at the rate
+    tiles land draws the canvas inside each report. The first report shows at
+    once, later ones within FEED_MS, and the last one always.
+    """
+
+    def __init__(self, bar):
+        self.bar = bar
+        self._latest = None
+        self._description = None
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(FEED_MS)
+        self._timer.timeout.connect(self._show)
+
+    def advance(self, p, description: str) -> None:
+        self._latest = (p, description)
+        if not self._timer.isActive():
+            self._show()
+
+    def _show(self) -> None:
+        latest, self._latest = self._latest, None
+        if latest is None or self.bar is None:
+            return
+        p, description = latest
+        self._timer.start()  # the next report waits for it
+        bar = self.bar
+        if bar.total != max(p.total, 1):
+            bar.total = max(p.total, 1)
+        if description != self._description:
+            self._description = description
+            bar.set_description(description)
+        if p.done != bar.n:
+            bar.update(p.done - bar.n)  # the bar's value moves on update(), not on n
+
+    def close(self) -> None:
+        self._timer.stop()
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            bar.close()

@@ -32,7 +32,7 @@ from ...job.checks import MAX_SAMPLES, MAX_STEPS
 from ..live import style_mask
 from ..virtual_ihc_model import TILES, WEIGHTS_KEY, VirtualIHCModel
 from .normalize_widget import SETTINGS, _closer, _PathRow
-from .threads import advance, in_thread, notify_failure
+from .threads import ProgressFeed, in_thread, notify_failure
 from .whole_slide import WholeSlideRun
 
 MARKER_ROWS = 4
@@ -266,7 +266,7 @@ class VirtualIHCWidget(QWidget):
             pyramid.close()  # cancelled, restarted or the source went while it opened
             return
         self._worker = None
-        self._progress = napari_progress(total=0, desc="virtual IHC (live)")
+        self._progress = ProgressFeed(napari_progress(total=0, desc="virtual IHC (live)"))
         # Live again on the same source and marker refills the same layers.
         self.live = LiveResult(
             self.viewer, source, pyramid, name, self._live_progress, extras=extras, reuse=True
@@ -284,7 +284,8 @@ class VirtualIHCWidget(QWidget):
             f"live: {p.done} tiles done, {p.rate:.2f} tiles/s, {p.pending} queued ({p.what})"
         )
         # napari's bar processes events: read it once, use it last.
-        advance(self._progress, p, f"virtual IHC ({p.what})")
+        if self._progress is not None:
+            self._progress.advance(p, f"virtual IHC ({p.what})")
 
     def stop_live(self) -> None:
         self._live_seq += 1  # a model still loading is dropped when it arrives

@@ -15,7 +15,7 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, Signal
 
-from .threads import Cancelled, advance, in_thread
+from .threads import Cancelled, ProgressFeed, in_thread
 
 RESUME_HINT = "cancelled: run Whole slide… again on the same output to continue it"
 
@@ -67,7 +67,7 @@ class WholeSlideRun(QObject):
                 raise Cancelled
             self.progressed.emit(p)
 
-        self.bar = napari_progress(total=0, desc=f"{self.what}: whole slide")
+        self.bar = ProgressFeed(napari_progress(total=0, desc=f"{self.what}: whole slide"))
         self.worker = in_thread(lambda: run(report), self._done, self._failed)
         self.open_button.setVisible(False)
         self.status.setText(f"whole slide → {out.path.name}{' (resumed)' if resuming else ''} …")
@@ -88,7 +88,8 @@ class WholeSlideRun(QObject):
             f"whole slide: {p.phase} {p.done}/{p.total}" if p.total else f"whole slide: {p.phase}"
         )
         # napari's bar processes events: _done may run inside.
-        advance(self.bar, p, f"{self.what}: {p.phase}")
+        if self.bar is not None:
+            self.bar.advance(p, f"{self.what}: {p.phase}")
 
     def _close_bar(self) -> None:
         bar, self.bar = self.bar, None
