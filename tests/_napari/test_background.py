@@ -22,8 +22,8 @@ from napari_stainfuser.slide.synthetic import SyntheticTissue
 GLASS = 240
 
 
-def _levels():
-    return SyntheticTissue(seed=4, mpp=0.5).pyramid_he((2048, 2048), min_size=256, chunks=256)
+def _levels(shape=(2048, 2048)):
+    return SyntheticTissue(seed=4, mpp=0.5).pyramid_he(shape, min_size=256, chunks=256)
 
 
 def _gated(levels, gate, seen=None):
@@ -144,3 +144,33 @@ def test_the_writer_saves_the_real_pixels_of_levels_not_made_yet(tmp_path):
     assert pyramid.pending() > 0  # still nothing made: the writer read the tissue itself
     gate.set()
     np.testing.assert_array_equal(open_slide(out).levels[0].compute(), np.asarray(levels[1]))
+
+
+def _enlarged(coarse, f, y0, y1, x0, x1):
+    """Nearest neighbour, written independently: level-0 pixel y is coarse pixel y // f,
+    the last one where the coarse level ends first (levels halve rounding down)."""
+    iy = np.minimum(np.arange(y0, y1) // f, coarse.shape[0] - 1)
+    ix = np.minimum(np.arange(x0, x1) // f, coarse.shape[1] - 1)
+    return coarse[iy][:, ix]
+
+
+def test_stand_ins_at_the_ragged_edge_and_from_a_level_between():
+    # 2053 px: the last block of level 0 is 5 px wide, narrower than the overview's 8×.
+    levels = _levels((2053, 2053))
+    real = [np.asarray(lv) for lv in levels]
+    assert [lv.shape[0] for lv in levels] == [2053, 1026, 513, 256]
+    gate = threading.Event()
+    gate.set()
+    pyramid = BackgroundPyramid(_gated(levels, gate), fill=GLASS, workers=1)
+    assert _until(lambda: pyramid.pending() == 0)  # the overview
+    gate.clear()
+    corner = pyramid.levels[0][1700:2053, 1900:2053]
+    np.testing.assert_array_equal(corner, _enlarged(real[3], 8, 1700, 2053, 1900, 2053))
+    # Level 1 made over a region: level 0 there shows level 1 enlarged 2×, not the overview.
+    gate.set()
+    pyramid.levels[1][256:768, 0:512]
+    assert _until(lambda: pyramid.pending() == 0)
+    gate.clear()
+    part = pyramid.levels[0][512:1536, 100:1000]
+    np.testing.assert_array_equal(part, _enlarged(real[1], 2, 512, 1536, 100, 1000))
+    gate.set()

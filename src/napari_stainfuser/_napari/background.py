@@ -50,10 +50,13 @@ def pixels_of(level):
 
 
 def _lower_this_threads_priority() -> None:
-    # On Linux a thread is a task of its own, so this leaves the UI thread as it is.
+    # On Linux a thread is a task of its own (and starts at its creator's niceness),
+    # so this leaves the UI thread as it is.
     if sys.platform.startswith("linux"):
+        tid = threading.get_native_id()
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+            now = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, now + BACKGROUND_NICENESS))
 
 
 class BackgroundLevel:
@@ -181,17 +184,14 @@ class BackgroundPyramid:
         for j in range(k + 1, len(self.levels)):
             f = 2 ** (j - k)
             hj, wj = self.levels[j].shape[:2]
-            cy0, cx0 = min(by // f, hj - 1), min(bx // f, wj - 1)
-            cy1, cx1 = max(min(-(-y1 // f), hj), cy0 + 1), max(min(-(-x1 // f), wj), cx0 + 1)
-            coarse = self._made_region(j, cy0, cy1, cx0, cx1)
+            # Level-k pixel y lies in level-j pixel y // f; a level halves rounding
+            # down, so its last rows may lie past level j's: they take its last row.
+            iy = np.minimum(np.arange(by, y1) // f, hj - 1)
+            ix = np.minimum(np.arange(bx, x1) // f, wj - 1)
+            coarse = self._made_region(j, int(iy[0]), int(iy[-1]) + 1, int(ix[0]), int(ix[-1]) + 1)
             if coarse is None:
                 continue
-            big = coarse.repeat(f, axis=0).repeat(f, axis=1)
-            oy, ox = by - cy0 * f, bx - cx0 * f
-            out = big[oy : oy + y1 - by, ox : ox + x1 - bx]
-            if out.shape[:2] != (y1 - by, x1 - bx):  # the level's last rows, past the coarse one
-                out = np.pad(out, ((0, y1 - by - out.shape[0]), (0, x1 - bx - out.shape[1]),
-                                   *[(0, 0)] * len(rest)), mode="edge")  # fmt: skip
+            out = coarse[iy - iy[0]][:, ix - ix[0]]
             break
         if out is None:  # not kept: the overview, once made, is the better stand-in
             return np.full((y1 - by, x1 - bx, *rest), self.fill, self.levels[k].dtype)
@@ -212,45 +212,65 @@ class BackgroundPyramid:
                     continue
                 self._wanted[key] = None
                 self._wanted.move_to_end(key)
-            while len(self._wanted) > MAX_WANTED:
-                self._wanted.popitem(last=False)
+            # Too many: the oldest views go, never the overview.
+            last = len(self.levels) - 1
+            for old in [key for key in self._wanted if key[0] != last]:
+                if len(self._wanted) <= MAX_WANTED:
+                    break
+                del self._wanted[old]
             while self._wanted and len(self._threads) < self.workers:
                 t = threading.Thread(target=self._work, name="stainfuser-background", daemon=True)
                 self._threads.append(t)
                 t.start()
 
     def _work(self) -> None:
-        _lower_this_threads_priority()
-        while True:
+        try:
+            _lower_this_threads_priority()
+            while self._make_one():
+                pass
+        finally:
             with self._lock:
-                if not self._wanted:
-                    self._threads.remove(threading.current_thread())
-                    return
-                key, _ = self._wanted.popitem(last=True)  # the view asked for last
-                self._making.add(key)
-            k, by, bx = key
-            array = self.levels[k].array
-            try:
-                part = array[by : by + self.block, bx : bx + self.block]
-                # On this thread (sync): the work stays at this thread's priority.
-                made = part.compute(scheduler="sync") if hasattr(part, "compute") else part
-                made = np.ascontiguousarray(np.asarray(made))
-            except Exception:  # a block that fails shows its stand-in; the rest carry on
-                log.exception("making block %s of level %d failed", (by, bx), k)
-                with self._lock:
-                    self._making.discard(key)
-                    self._failed.add(key)
-                continue
+                self._threads.remove(threading.current_thread())
+
+    def _next(self):
+        """The overview first (every other level's stand-in), then the view asked for last."""
+        last = len(self.levels) - 1
+        for key in self._wanted:
+            if key[0] == last:
+                del self._wanted[key]
+                return key
+        return self._wanted.popitem(last=True)[0]
+
+    def _make_one(self) -> bool:
+        """Make the next block wanted; False when there is none."""
+        with self._lock:
+            if not self._wanted:
+                return False
+            key = self._next()
+            self._making.add(key)
+        k, by, bx = key
+        try:
+            part = self.levels[k].array[by : by + self.block, bx : bx + self.block]
+            # On this thread (sync): the work stays at this thread's priority.
+            made = part.compute(scheduler="sync") if hasattr(part, "compute") else part
+            made = np.ascontiguousarray(np.asarray(made))
+        except Exception:  # a block that fails shows its stand-in; the rest carry on
+            log.exception("making block %s of level %d failed", (by, bx), k)
             with self._lock:
                 self._making.discard(key)
-                self._stand_ins.pop(key, None)
-                self._made[key] = made
-                self._bytes += made.nbytes
-                self._evict()
-                if k == len(self.levels) - 1:
-                    self._overview_changed = True
-            if self._bridge is not None:
-                self._bridge.landed.emit()
+                self._failed.add(key)
+            return True
+        with self._lock:
+            self._making.discard(key)
+            self._stand_ins.pop(key, None)
+            self._made[key] = made
+            self._bytes += made.nbytes
+            self._evict()
+            if k == len(self.levels) - 1:
+                self._overview_changed = True
+        if self._bridge is not None:
+            self._bridge.landed.emit()
+        return True
 
     def _evict(self) -> None:
         # The coarsest level stays: it is every finer level's stand-in.
@@ -296,6 +316,7 @@ def refresh_landed(layer, overview_changed: bool) -> None:
     the overview changed, the copy is forgotten. Only then is the thumbnail
     redrawn too: it repaints the layer list, whose SVG icons are slow to draw.
     """
+    # Private, napari 0.9's; a napari without it keeps whatever copy it has.
     forget = getattr(layer, "_reset_thumbnail_level_data", None)
     if overview_changed and forget is not None:
         forget()

@@ -90,11 +90,14 @@ class ProgressFeed:
         if description != self._description:
             self._description = description
             bar.set_description(description)
+            if self.bar is None:  # closed inside: napari's bar processes events
+                return
         if p.done != bar.n:
             bar.update(p.done - bar.n)  # the bar's value moves on update(), not on n
 
     def close(self) -> None:
         self._timer.stop()
+        self._show()  # the last report, if it was still waiting
         bar, self.bar = self.bar, None
         if bar is not None:
             bar.close()
