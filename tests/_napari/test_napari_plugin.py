@@ -120,6 +120,24 @@ def test_the_sample_is_drawn_from_the_background_and_jobs_read_its_real_pixels(
     assert (tissue & (shot.max(axis=2) > 60)).mean() > 0.05
 
 
+def test_a_removed_sample_stops_rendering_what_it_was_asked_for(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layer = viewer.open_sample("napari-stainfuser", "synthetic_he")[0]
+    pyramid = layer.data[0].pyramid
+    viewer.layers.remove(layer)
+    # 256 blocks of level 0 (minutes of rendering here) asked for after the removal:
+    # the first block to land finds nobody showing them, and the rest are dropped.
+    pyramid.levels[0][:8192, :8192]
+    assert pyramid.pending() > 100
+    assert pump(60, lambda: pyramid.pending() == 0)
+    made = sum(
+        pyramid.is_made(0, y, y + 512, x, x + 512)
+        for y in range(0, 8192, 512)
+        for x in range(0, 8192, 512)
+    )
+    assert made < 64, made  # all of them, without the drop
+
+
 def test_writer_saves_the_real_multiscale_slide_opened_by_the_reader(make_napari_viewer, tmp_path):
     # napari hands a multiscale layer's data to writers as its MultiScaleData.
     from napari_stainfuser.slide import open_slide

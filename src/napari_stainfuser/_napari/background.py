@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -116,6 +117,7 @@ class BackgroundPyramid:
         self._threads: list[threading.Thread] = []
         self._overview_changed = False
         self._stand_ins: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._viewers: weakref.WeakSet = weakref.WeakSet()
         self._bridge = _make_bridge(self._refresh_layers)
         last = self.levels[-1]
         self._ask([(last.k, by, bx) for by, bx in self._blocks_over(last.k, 0, last.shape[0],
@@ -269,7 +271,12 @@ class BackgroundPyramid:
             if k == len(self.levels) - 1:
                 self._overview_changed = True
         if self._bridge is not None:
-            self._bridge.landed.emit()
+            try:
+                self._bridge.landed.emit()
+            except RuntimeError:  # Qt is gone (the application quit): nobody will look
+                with self._lock:
+                    self._wanted.clear()
+                return False
         return True
 
     def _evict(self) -> None:
@@ -294,18 +301,26 @@ class BackgroundPyramid:
     # -- refreshing (the main thread) -----------------------------------------------------
 
     def _refresh_layers(self) -> None:
+        """Redraw the layers showing this pyramid, in every viewer that has shown it.
+        When none does any more (the layer was removed), the blocks still wanted are
+        dropped: nobody will look at them."""
         import napari
 
-        viewer = napari.current_viewer()
-        if viewer is None:
-            return
+        current = napari.current_viewer()
+        if current is not None:
+            self._viewers.add(current)
         with self._lock:
             overview_changed, self._overview_changed = self._overview_changed, False
-        for layer in list(viewer.layers):
-            data = layer.data if getattr(layer, "multiscale", False) else [layer.data]
-            if not any(level is self.levels[0] for level in data):
-                continue
-            refresh_landed(layer, overview_changed)
+        shown = False
+        for viewer in list(self._viewers):
+            for layer in list(viewer.layers):
+                data = layer.data if getattr(layer, "multiscale", False) else [layer.data]
+                if any(level is self.levels[0] for level in data):
+                    shown = True
+                    refresh_landed(layer, overview_changed)
+        if not shown:
+            with self._lock:
+                self._wanted.clear()
 
 
 def refresh_landed(layer, overview_changed: bool) -> None:
