@@ -26,8 +26,8 @@ from napari_stainfuser.engine import BACKGROUND, VISIBLE, Engine
 from napari_stainfuser.slide.synthetic import SyntheticTissue
 from napari_stainfuser.stainers import make_stainer
 from napari_stainfuser.tiling.lazy import StainedLevel
+from napari_stainfuser.tiling.memory import ResultStore
 from napari_stainfuser.tiling.plan import TilePlan
-from napari_stainfuser.tiling.store import ResultStore
 
 TILE = 512
 

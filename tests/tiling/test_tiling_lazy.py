@@ -13,8 +13,9 @@ from napari_stainfuser.slide.pyramid import build_pyramid
 from napari_stainfuser.stainer import StainerSpec
 from napari_stainfuser.stainers import make_stainer
 from napari_stainfuser.tiling.lazy import ResultPyramid, StainedLevel
+from napari_stainfuser.tiling.memory import ResultStore
 from napari_stainfuser.tiling.plan import TilePlan
-from napari_stainfuser.tiling.store import ResultStore, TileCache
+from napari_stainfuser.tiling.store import TileCache
 from napari_stainfuser.tiling.tissue import detect_tissue
 
 DATA = Path(__file__).parents[1] / "data"
@@ -149,6 +150,9 @@ def test_lru_store_stays_within_its_budget():
         store.put(i, np.zeros(1000, np.uint8))
     assert len(store) == 3 and store.nbytes == 3000
     assert store.get(0) is None and store.get(9) is not None
+    store.discard(9)
+    store.discard(42)  # not kept: nothing happens
+    assert len(store) == 2 and store.nbytes == 2000 and 9 not in store
 
 
 def test_overlapping_diffusion_tiles_get_the_same_noise():

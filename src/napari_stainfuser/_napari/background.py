@@ -27,6 +27,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..tiling.memory import ResultStore
 from .viewport import index_box
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ REFRESH_MS = 100
 # Blocks asked for and not yet made, newest kept: a pan passes through views the
 # camera does not rest on, and those are dropped rather than made.
 MAX_WANTED = 256
-# Stand-ins kept (blocks of BLOCK², 0.75 MB each in RGB).
-MAX_STAND_INS = 128
+# Stand-ins kept: 128 RGB blocks of BLOCK².
+STAND_IN_BYTES = 128 * BLOCK * BLOCK * 3
 # Above the priority of the UI thread (Linux niceness): on a small CPU the
 # viewer's drawing comes first, the background's blocks after.
 BACKGROUND_NICENESS = 10
@@ -107,16 +108,17 @@ class BackgroundPyramid:
         self.fill = fill
         self.levels = [BackgroundLevel(self, k, a) for k, a in enumerate(levels)]
         self.workers = max(1, int(workers or min(2, os.cpu_count() or 1)))
-        self.cache_bytes = int(cache_bytes)
         self._lock = threading.Lock()
-        self._made: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
-        self._bytes = 0
+        # Blocks made: the overview's always kept (every finer level's stand-in),
+        # the others within cache_bytes.
+        self._overview: dict[tuple[int, int, int], np.ndarray] = {}
+        self._made = ResultStore(cache_bytes)
         self._wanted: OrderedDict[tuple[int, int, int], None] = OrderedDict()
         self._making: set[tuple[int, int, int]] = set()
         self._failed: set[tuple[int, int, int]] = set()
         self._threads: list[threading.Thread] = []
         self._overview_changed = False
-        self._stand_ins: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._stand_ins = ResultStore(STAND_IN_BYTES)
         self._viewers: weakref.WeakSet = weakref.WeakSet()
         self._bridge = _make_bridge(self._refresh_layers)
         last = self.levels[-1]
@@ -139,10 +141,7 @@ class BackgroundPyramid:
         b, missing = self.block, []
         for by, bx in self._blocks_over(k, y0, y1, x0, x1):
             key = (k, by, bx)
-            with self._lock:
-                block = self._made.get(key)
-                if block is not None:
-                    self._made.move_to_end(key)
+            block = self._made_block(key)
             if block is None:
                 missing.append(key)
                 block = self._stand_in(key)
@@ -155,28 +154,31 @@ class BackgroundPyramid:
             self._ask(missing)
         return out
 
+    def _made_block(self, key) -> np.ndarray | None:
+        if key[0] == len(self.levels) - 1:
+            return self._overview.get(key)
+        return self._made.get(key)
+
     def _made_region(self, k, y0, y1, x0, x1) -> np.ndarray | None:
         """Level k's [y0:y1, x0:x1] if every block under it is made, else None."""
         shape = self.levels[k].shape
         out = np.empty((y1 - y0, x1 - x0, *shape[2:]), self.levels[k].dtype)
         b = self.block
-        with self._lock:
-            for by, bx in self._blocks_over(k, y0, y1, x0, x1):
-                made = self._made.get((k, by, bx))
-                if made is None:
-                    return None
-                sy0, sy1, sx0, sx1 = max(by, y0), min(by + b, y1), max(bx, x0), min(bx + b, x1)
-                out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = made[
-                    sy0 - by : sy1 - by, sx0 - bx : sx1 - bx
-                ]
+        for by, bx in self._blocks_over(k, y0, y1, x0, x1):
+            made = self._made_block((k, by, bx))
+            if made is None:
+                return None
+            sy0, sy1, sx0, sx1 = max(by, y0), min(by + b, y1), max(bx, x0), min(bx + b, x1)
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = made[
+                sy0 - by : sy1 - by, sx0 - bx : sx1 - bx
+            ]
         return out
 
     def _stand_in(self, key) -> np.ndarray:
         """What block ``key`` shows until it is made: the finest coarser level made over
         it, enlarged (nearest neighbour), else the fill. Kept until the block is made:
         napari slices the same view many times."""
-        with self._lock:
-            kept = self._stand_ins.get(key)
+        kept = self._stand_ins.get(key)
         if kept is not None:
             return kept
         k, by, bx = key
@@ -198,11 +200,8 @@ class BackgroundPyramid:
         if out is None:  # not kept: the overview, once made, is the better stand-in
             return np.full((y1 - by, x1 - bx, *rest), self.fill, self.levels[k].dtype)
         out = np.ascontiguousarray(out)
-        with self._lock:
-            if key not in self._made:
-                self._stand_ins[key] = out
-                while len(self._stand_ins) > MAX_STAND_INS:
-                    self._stand_ins.popitem(last=False)
+        if self._made_block(key) is None:
+            self._stand_ins.put(key, out)
         return out
 
     # -- making (background threads) ------------------------------------------------------
@@ -210,7 +209,7 @@ class BackgroundPyramid:
     def _ask(self, keys) -> None:
         with self._lock:
             for key in keys:
-                if key in self._making or key in self._failed or key in self._made:
+                if key in self._making or key in self._failed or self._made_block(key) is not None:
                     continue
                 self._wanted[key] = None
                 self._wanted.move_to_end(key)
@@ -262,12 +261,13 @@ class BackgroundPyramid:
                 self._making.discard(key)
                 self._failed.add(key)
             return True
+        if k == len(self.levels) - 1:
+            self._overview[key] = made
+        else:
+            self._made.put(key, made)
+        self._stand_ins.discard(key)
         with self._lock:
             self._making.discard(key)
-            self._stand_ins.pop(key, None)
-            self._made[key] = made
-            self._bytes += made.nbytes
-            self._evict()
             if k == len(self.levels) - 1:
                 self._overview_changed = True
         if self._bridge is not None:
@@ -279,15 +279,6 @@ class BackgroundPyramid:
                 return False
         return True
 
-    def _evict(self) -> None:
-        # The coarsest level stays: it is every finer level's stand-in.
-        last = len(self.levels) - 1
-        for key in list(self._made):
-            if self._bytes <= self.cache_bytes:
-                return
-            if key[0] != last:
-                self._bytes -= self._made.pop(key).nbytes
-
     def pending(self) -> int:
         """Blocks asked for and not made yet."""
         with self._lock:
@@ -295,8 +286,10 @@ class BackgroundPyramid:
 
     def is_made(self, k: int, y0: int, y1: int, x0: int, x1: int) -> bool:
         """Whether level k's box shows its real pixels now."""
-        with self._lock:
-            return all((k, by, bx) in self._made for by, bx in self._blocks_over(k, y0, y1, x0, x1))
+        return all(
+            self._made_block((k, by, bx)) is not None
+            for by, bx in self._blocks_over(k, y0, y1, x0, x1)
+        )
 
     # -- refreshing (the main thread) -----------------------------------------------------
 

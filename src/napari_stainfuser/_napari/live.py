@@ -23,13 +23,13 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections import OrderedDict
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..engine import BACKGROUND, NEARBY, VISIBLE
 from ..errors import ParameterError
+from ..tiling.memory import ResultStore
 from .background import refresh_landed
 from .viewport import View, index_box, level_geometries
 
@@ -78,8 +78,7 @@ class _LiveArray:
         self.on_miss = on_miss
         # False once the engine is stopped: what is ready still shows, nothing is asked for.
         self.asking = True
-        self._blocks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._cached_bytes = 0
+        self._blocks = ResultStore(BLOCK_CACHE_BYTES)
 
     @property
     def size(self) -> int:
@@ -129,7 +128,6 @@ class _LiveArray:
         key = (by, bx)
         block = self._blocks.get(key)
         if block is not None:
-            self._blocks.move_to_end(key)
             return block
         h, w = self.plan.shape
         box = (by, min(by + self.block, h), bx, min(bx + self.block, w))
@@ -142,11 +140,7 @@ class _LiveArray:
             missing.extend(absent)
             return None
         block = self._compose(box, ready)
-        self._blocks[key] = block
-        self._cached_bytes += block.nbytes
-        while self._cached_bytes > BLOCK_CACHE_BYTES:
-            _, old = self._blocks.popitem(last=False)
-            self._cached_bytes -= old.nbytes
+        self._blocks.put(key, block)
         return block
 
     def filled_fraction(self, y0: int, y1: int, x0: int, x1: int) -> float:

@@ -58,9 +58,6 @@ lymphocytes). The mask marks the stained cells' pixels (where the cell covers
 at least half the pixel, in tissue).
 """
 
-import threading
-from collections import OrderedDict
-
 import dask.array as da
 import numpy as np
 from dask.array.core import normalize_chunks
@@ -69,6 +66,7 @@ from dask.base import tokenize
 from ..errors import ParameterError
 from ..stain.matrices import RUIFROK_HDAB, RUIFROK_HE
 from ..stain.matrices import stain_matrix as _stain_matrix
+from ..tiling.memory import ResultStore
 from ._procedural import pixel_hashes, stream_key
 from ._staining import MARKERS as _MARKER_SPECS
 from ._staining import he_block, ihc_block, strips
@@ -110,35 +108,21 @@ class _Memo:
 
     def __init__(self, fn, max_bytes: int):
         self.fn, self.max_bytes = fn, int(max_bytes)
-        self._reset()
-
-    def _reset(self):
-        self._lock = threading.Lock()
-        self._blocks: OrderedDict = OrderedDict()
-        self._bytes = 0
+        self._blocks = ResultStore(self.max_bytes)
 
     def __getstate__(self):
         return {"fn": self.fn, "max_bytes": self.max_bytes}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._reset()
+        self.__init__(state["fn"], state["max_bytes"])
 
     def __call__(self, *window):
-        with self._lock:
-            hit = self._blocks.get(window)
-            if hit is not None:
-                self._blocks.move_to_end(window)
-                return hit.copy()
-        out = self.fn(*window)
-        with self._lock:
-            if window not in self._blocks and out.nbytes <= self.max_bytes:
-                self._blocks[window] = out
-                self._bytes += out.nbytes
-                while self._bytes > self.max_bytes:
-                    _, old = self._blocks.popitem(last=False)
-                    self._bytes -= old.nbytes
-        return out.copy()
+        hit = self._blocks.get(window)
+        if hit is None:
+            hit = self.fn(*window)
+            if hit.nbytes <= self.max_bytes:
+                self._blocks.put(window, hit)
+        return hit.copy()
 
 
 def _check_shape(shape):

@@ -32,7 +32,7 @@ _LAZY = {
     "resolve_tiling": ".plan",
     "resample_region": ".resample",
     "scale_factor": ".resample",
-    "ResultStore": ".store",
+    "ResultStore": ".memory",
     "TileCache": ".store",
     "TissueSwitch": ".tissue",
     "detect_tissue": ".tissue",

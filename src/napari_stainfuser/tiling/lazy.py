@@ -4,7 +4,7 @@
 same fitting, tissue mask and plans a batch run uses) and puts one
 :class:`StainedLevel` per slide level in front of one
 :class:`~napari_stainfuser.engine.Engine` and one
-:class:`~.store.ResultStore`, so a whole pyramid is browsable before
+:class:`~.memory.ResultStore`, so a whole pyramid is browsable before
 anything has been computed.
 
 A level answers in two ways:
@@ -34,7 +34,8 @@ import dask.array as da
 import numpy as np
 
 from ..engine import BACKGROUND, VISIBLE, Engine, TileOutput
-from .store import ResultStore, TileCache
+from .memory import ResultStore
+from .store import TileCache
 
 _ids = itertools.count()
 _DISK: ThreadPoolExecutor | None = None

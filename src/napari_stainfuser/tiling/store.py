@@ -1,7 +1,8 @@
 """Where stained tiles live once computed: an in-memory LRU and a zarr on disk.
 
-:class:`ResultStore` keeps the most recently used tiles within a byte budget,
-so panning back over a region is instant and memory stays bounded.
+:class:`~.memory.ResultStore` (in memory.py, which needs no zarr) keeps the
+most recently used tiles within a byte budget, so panning back over a region
+is instant and memory stays bounded.
 
 :class:`TileCache` keeps stained tiles of one :class:`~.plan.TilePlan` on disk
 as one zarr v3 array of shape (rows, cols, tile, tile, 3), one chunk per
@@ -17,9 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-from collections import OrderedDict
-from collections.abc import Hashable
 from pathlib import Path
 
 import numpy as np
@@ -29,69 +27,6 @@ from zarr.codecs import ZstdCodec
 from ..errors import ParameterError, SlideWriteError
 
 FINGERPRINT_KEY = "napari_stainfuser_fingerprint"
-
-
-class ResultStore:
-    """A thread-safe LRU of numpy arrays bounded by total bytes."""
-
-    def __init__(self, max_bytes: int = 512 * 2**20):
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: Hashable) -> np.ndarray | None:
-        with self._lock:
-            arr = self._items.get(key)
-            if arr is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return arr
-
-    def put(self, key: Hashable, arr) -> None:
-        """Keep ``arr`` (an array, or anything with arrays in ``.tile`` and ``.extras``)."""
-        for a in _arrays(arr):
-            a.setflags(write=False)  # shared between readers
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= _nbytes(old)
-            self._items[key] = arr
-            self._bytes += _nbytes(arr)
-            while self._bytes > self.max_bytes and len(self._items) > 1:
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= _nbytes(dropped)
-
-    def __contains__(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._items
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        with self._lock:
-            return self._bytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
-
-
-def _arrays(value) -> list[np.ndarray]:
-    if isinstance(value, np.ndarray):
-        return [value]
-    return [value.tile, *value.extras.values()]
-
-
-def _nbytes(value) -> int:
-    return sum(a.nbytes for a in _arrays(value))
 
 
 class TileCache:
